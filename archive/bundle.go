@@ -345,19 +345,7 @@ func seal(ctx context.Context, st Store, m Manifest) (Bundle, error) {
 	if err != nil {
 		return Bundle{}, err
 	}
-	key := BundleKey(m.RunID, ManifestName)
-	if cs, ok := st.(createStore); ok {
-		_, err = cs.putIfAbsent(ctx, key, data)
-	} else {
-		// Not atomic: a concurrent upload of the same run can slip in between.
-		_, err = st.Stat(ctx, key)
-		switch {
-		case err == nil:
-			err = errExists
-		case errors.Is(err, ErrNotFound):
-			_, err = st.Put(ctx, key, bytes.NewReader(data), int64(len(data)), sha256Hex(data))
-		}
-	}
+	_, err = createOnce(ctx, st, BundleKey(m.RunID, ManifestName), data)
 	if errors.Is(err, errExists) {
 		b, rerr := ReadBundle(ctx, st, m.RunID)
 		if rerr != nil {
@@ -405,6 +393,13 @@ func VerifyBundle(ctx context.Context, st Store, runID string) (Manifest, error)
 
 // verifyFile re-hashes one listed object.
 func verifyFile(ctx context.Context, st Store, runID string, f File) error {
+	return copyVerified(ctx, st, runID, f, io.Discard)
+}
+
+// copyVerified copies one listed object to dst, hashing it on the way; a size or
+// sha256 that differs from the manifest's wraps ErrCorrupt (dst then holds
+// content that must not be used).
+func copyVerified(ctx context.Context, st Store, runID string, f File, dst io.Writer) error {
 	if f.Path == ManifestName || checkKey(f.Path) != nil {
 		return fmt.Errorf("archive: verify %s: %w: manifest lists invalid path %q", runID, ErrCorrupt, f.Path)
 	}
@@ -418,7 +413,7 @@ func verifyFile(ctx context.Context, st Store, runID string, f File) error {
 	}
 	defer rc.Close()
 	h := sha256.New()
-	n, err := copyCtx(ctx, h, rc)
+	n, err := copyCtx(ctx, io.MultiWriter(h, dst), rc)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("archive: verify %s: %s: %w", runID, f.Path, err)

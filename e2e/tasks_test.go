@@ -61,6 +61,16 @@ type taskRunView struct {
 	} `json:"score"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
+	Purpose    string     `json:"purpose"`
+	Parent     string     `json:"parent"`
+	Side       string     `json:"side"`
+	Pair       int        `json:"pair"`
+	Worker     string     `json:"worker"`
+	ImageID    string     `json:"image_id"`
+	Bundle     *struct {
+		Location       string `json:"location"`
+		ManifestSHA256 string `json:"manifest_sha256"`
+	} `json:"bundle"`
 }
 
 func (s *stack) getTaskRun(token, id string) taskRunView {
@@ -349,7 +359,7 @@ func TestTaskCPUCalibrateAndScore(t *testing.T) {
 	}
 	seeds := map[int64]bool{}
 	for _, r := range calRuns.Items {
-		if r.State != "succeeded" || r.Spec.Task == nil || *r.Spec.Task != cpuTask || r.Spec.Environment == nil || *r.Spec.Environment != "cpu-torch" ||
+		if r.State != "succeeded" || r.Spec.Task == nil || *r.Spec.Task != cpuTask || r.Spec.Environment == nil || *r.Spec.Environment != "cpu-torch" || r.Purpose != "calibration" ||
 			r.Score == nil || r.Score.Profile != profile || r.Spec.Seed == nil {
 			t.Errorf("calibration run: %+v", r)
 			continue
@@ -445,7 +455,7 @@ func TestTaskCPUCalibrateAndScore(t *testing.T) {
 		t.Errorf("record 2's script (median FSR %.3f) does not score clearly above record 1's (%.3f): want a difference >= 0.5", medTarget, medStart)
 	}
 
-	// The team's scored runs of the task, newest first: the runs above, then calibration's.
+	// The team's scored submissions of the task, newest first: the runs above, not calibration's.
 	code, _, b = s.request("GET", "/v1/tasks/"+cpuTask+"/results", tok, nil, "")
 	if code != 200 {
 		t.Fatalf("results: %d %s", code, b)
@@ -461,8 +471,8 @@ func TestTaskCPUCalibrateAndScore(t *testing.T) {
 			t.Errorf("results: run %s of team %q, score %v", r.ID, r.Team, r.Score)
 		}
 	}
-	if len(ids) != len(scored)+2*k {
-		t.Errorf("results list %d runs, want %d (%d scored + %d calibration)", len(ids), len(scored)+2*k, len(scored), 2*k)
+	if len(ids) != len(scored) {
+		t.Errorf("results list %d runs, want the %d scored submissions (calibration runs stay off results)", len(ids), len(scored))
 	}
 	for i, id := range scored {
 		if j := len(scored) - 1 - i; j >= len(ids) || ids[j] != id {

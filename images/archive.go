@@ -87,6 +87,35 @@ func Archived(ctx context.Context, st archive.Store, imageID string) (ArchivedIm
 	return a, nil
 }
 
+// VerifyArchived re-hashes the archived image imageID and compares it with its
+// record: a missing object wraps archive.ErrNotFound, one whose size or sha256
+// differs wraps archive.ErrCorrupt. An audit checks this before it trusts a
+// restore (a host that still has the image would never notice).
+func VerifyArchived(ctx context.Context, st archive.Store, imageID string) (ArchivedImage, error) {
+	a, err := Archived(ctx, st, imageID)
+	if err != nil {
+		return a, err
+	}
+	rc, _, err := st.Get(ctx, a.Key)
+	if err != nil {
+		if errors.Is(err, archive.ErrNotFound) {
+			return a, fmt.Errorf("images: %s: the archived image %s is missing: %w (%w)", imageID, a.Key, archive.ErrCorrupt, err)
+		}
+		return a, fault.Infraf("images: read %s: %w", a.Key, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return a, fault.Infraf("images: read %s: %w", a.Key, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); n != a.Size || got != a.SHA256 {
+		return a, fmt.Errorf("images: %s: the archived image %s has %d bytes with sha256 %s; its record says %d bytes, sha256 %s: %w",
+			imageID, a.Key, n, got, a.Size, a.SHA256, archive.ErrCorrupt)
+	}
+	return a, nil
+}
+
 // Save keeps the local image imageID in st, once: when its record exists (and the
 // object has the recorded size) it returns that with Existing set. Otherwise it
 // streams `docker save` of the image — under the tags that point at it, so that a

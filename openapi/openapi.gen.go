@@ -25,6 +25,66 @@ import (
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
 
+// Defines values for AuditOutcome.
+const (
+	Drifted    AuditOutcome = "drifted"
+	Reproduced AuditOutcome = "reproduced"
+)
+
+// Valid indicates whether the value is a known member of the AuditOutcome enum.
+func (e AuditOutcome) Valid() bool {
+	switch e {
+	case Drifted:
+		return true
+	case Reproduced:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AuditSubjectKind.
+const (
+	AuditSubjectKindRun          AuditSubjectKind = "run"
+	AuditSubjectKindVerification AuditSubjectKind = "verification"
+)
+
+// Valid indicates whether the value is a known member of the AuditSubjectKind enum.
+func (e AuditSubjectKind) Valid() bool {
+	switch e {
+	case AuditSubjectKindRun:
+		return true
+	case AuditSubjectKindVerification:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CampaignState.
+const (
+	CampaignStateCanceled CampaignState = "canceled"
+	CampaignStateDone     CampaignState = "done"
+	CampaignStateError    CampaignState = "error"
+	CampaignStateRunning  CampaignState = "running"
+)
+
+// Valid indicates whether the value is a known member of the CampaignState enum.
+func (e CampaignState) Valid() bool {
+	switch e {
+	case CampaignStateCanceled:
+		return true
+	case CampaignStateDone:
+		return true
+	case CampaignStateError:
+		return true
+	case CampaignStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HealthStatus.
 const (
 	Ok          HealthStatus = "ok"
@@ -64,6 +124,33 @@ func (e MetricsSource) Valid() bool {
 	}
 }
 
+// Defines values for RunPurpose.
+const (
+	RunPurposeAttempt      RunPurpose = "attempt"
+	RunPurposeAudit        RunPurpose = "audit"
+	RunPurposeCalibration  RunPurpose = "calibration"
+	RunPurposeSubmission   RunPurpose = "submission"
+	RunPurposeVerification RunPurpose = "verification"
+)
+
+// Valid indicates whether the value is a known member of the RunPurpose enum.
+func (e RunPurpose) Valid() bool {
+	switch e {
+	case RunPurposeAttempt:
+		return true
+	case RunPurposeAudit:
+		return true
+	case RunPurposeCalibration:
+		return true
+	case RunPurposeSubmission:
+		return true
+	case RunPurposeVerification:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for RunSpecGpus1.
 const (
 	All RunSpecGpus1 = "all"
@@ -79,40 +166,192 @@ func (e RunSpecGpus1) Valid() bool {
 	}
 }
 
+// Defines values for RunSpecPurpose.
+const (
+	RunSpecPurposeCalibration RunSpecPurpose = "calibration"
+	RunSpecPurposeSubmission  RunSpecPurpose = "submission"
+)
+
+// Valid indicates whether the value is a known member of the RunSpecPurpose enum.
+func (e RunSpecPurpose) Valid() bool {
+	switch e {
+	case RunSpecPurposeCalibration:
+		return true
+	case RunSpecPurposeSubmission:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for RunState.
 const (
-	Archiving RunState = "archiving"
-	Canceled  RunState = "canceled"
-	Error     RunState = "error"
-	Failed    RunState = "failed"
-	Preparing RunState = "preparing"
-	Queued    RunState = "queued"
-	Running   RunState = "running"
-	Succeeded RunState = "succeeded"
+	RunStateArchiving RunState = "archiving"
+	RunStateCanceled  RunState = "canceled"
+	RunStateError     RunState = "error"
+	RunStateFailed    RunState = "failed"
+	RunStatePreparing RunState = "preparing"
+	RunStateQueued    RunState = "queued"
+	RunStateRunning   RunState = "running"
+	RunStateSucceeded RunState = "succeeded"
 )
 
 // Valid indicates whether the value is a known member of the RunState enum.
 func (e RunState) Valid() bool {
 	switch e {
-	case Archiving:
+	case RunStateArchiving:
 		return true
-	case Canceled:
+	case RunStateCanceled:
 		return true
-	case Error:
+	case RunStateError:
 		return true
-	case Failed:
+	case RunStateFailed:
 		return true
-	case Preparing:
+	case RunStatePreparing:
 		return true
-	case Queued:
+	case RunStateQueued:
 		return true
-	case Running:
+	case RunStateRunning:
 		return true
-	case Succeeded:
+	case RunStateSucceeded:
 		return true
 	default:
 		return false
 	}
+}
+
+// Defines values for VerificationVerdict.
+const (
+	Inconclusive VerificationVerdict = "inconclusive"
+	Rejected     VerificationVerdict = "rejected"
+	Verified     VerificationVerdict = "verified"
+)
+
+// Valid indicates whether the value is a known member of the VerificationVerdict enum.
+func (e VerificationVerdict) Valid() bool {
+	switch e {
+	case Inconclusive:
+		return true
+	case Rejected:
+		return true
+	case Verified:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReportFormat.
+const (
+	ReportFormatJson     ReportFormat = "json"
+	ReportFormatMarkdown ReportFormat = "markdown"
+)
+
+// Valid indicates whether the value is a known member of the ReportFormat enum.
+func (e ReportFormat) Valid() bool {
+	switch e {
+	case ReportFormatJson:
+		return true
+	case ReportFormatMarkdown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetAuditReportParamsFormat.
+const (
+	GetAuditReportParamsFormatJson     GetAuditReportParamsFormat = "json"
+	GetAuditReportParamsFormatMarkdown GetAuditReportParamsFormat = "markdown"
+)
+
+// Valid indicates whether the value is a known member of the GetAuditReportParamsFormat enum.
+func (e GetAuditReportParamsFormat) Valid() bool {
+	switch e {
+	case GetAuditReportParamsFormatJson:
+		return true
+	case GetAuditReportParamsFormatMarkdown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetVerificationReportParamsFormat.
+const (
+	GetVerificationReportParamsFormatJson     GetVerificationReportParamsFormat = "json"
+	GetVerificationReportParamsFormatMarkdown GetVerificationReportParamsFormat = "markdown"
+)
+
+// Valid indicates whether the value is a known member of the GetVerificationReportParamsFormat enum.
+func (e GetVerificationReportParamsFormat) Valid() bool {
+	switch e {
+	case GetVerificationReportParamsFormatJson:
+		return true
+	case GetVerificationReportParamsFormatMarkdown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Audit defines model for Audit.
+type Audit struct {
+	CancelRequested bool               `json:"cancel_requested"`
+	CreatedAt       time.Time          `json:"created_at"`
+	FinishedAt      *time.Time         `json:"finished_at,omitempty"`
+	Id              openapi_types.UUID `json:"id"`
+	Outcome         *AuditOutcome      `json:"outcome,omitempty"`
+	Progress        *AuditProgress     `json:"progress,omitempty"`
+	Reason          *string            `json:"reason,omitempty"`
+
+	// Report the archived report
+	Report         *map[string]interface{} `json:"report,omitempty"`
+	ReportLocation *string                 `json:"report_location,omitempty"`
+	Runs           []CampaignRun           `json:"runs"`
+	State          CampaignState           `json:"state"`
+	SubjectId      openapi_types.UUID      `json:"subject_id"`
+	SubjectKind    AuditSubjectKind        `json:"subject_kind"`
+	Team           string                  `json:"team"`
+}
+
+// AuditOutcome defines model for Audit.Outcome.
+type AuditOutcome string
+
+// AuditSubjectKind defines model for Audit.SubjectKind.
+type AuditSubjectKind string
+
+// AuditList defines model for AuditList.
+type AuditList struct {
+	Items      []Audit `json:"items"`
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// AuditProgress defines model for AuditProgress.
+type AuditProgress struct {
+	// Checked the archived bundles and images were re-hashed and matched
+	Checked    bool    `json:"checked"`
+	CurrentRun *string `json:"current_run,omitempty"`
+	Done       int     `json:"done"`
+	Total      int     `json:"total"`
+}
+
+// AuditRequest defines model for AuditRequest.
+type AuditRequest struct {
+	// LossTolerance absolute, on the final val loss
+	LossTolerance *float32 `json:"loss_tolerance,omitempty"`
+
+	// MaxRuns of a verification: re-run at most this many runs
+	MaxRuns *int `json:"max_runs,omitempty"`
+
+	// Run an archived run to re-run
+	Run *openapi_types.UUID `json:"run,omitempty"`
+
+	// TimeTolerance relative, on the train time
+	TimeTolerance *float32 `json:"time_tolerance,omitempty"`
+
+	// Verification a decided verification: its valid candidate runs are re-run
+	Verification *openapi_types.UUID `json:"verification,omitempty"`
 }
 
 // Bundle defines model for Bundle.
@@ -120,6 +359,21 @@ type Bundle struct {
 	Location       string `json:"location"`
 	ManifestSha256 string `json:"manifest_sha256"`
 }
+
+// CampaignRun defines model for CampaignRun.
+type CampaignRun struct {
+	Id          openapi_types.UUID `json:"id"`
+	Pair        *int               `json:"pair,omitempty"`
+	Reason      *string            `json:"reason,omitempty"`
+	Seed        *int64             `json:"seed,omitempty"`
+	Side        string             `json:"side"`
+	State       RunState           `json:"state"`
+	TrainTimeMs *float64           `json:"train_time_ms,omitempty"`
+	ValLoss     *float64           `json:"val_loss,omitempty"`
+}
+
+// CampaignState defines model for CampaignState.
+type CampaignState string
 
 // Environment defines model for Environment.
 type Environment struct {
@@ -149,6 +403,43 @@ type Health struct {
 
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
+
+// Leaderboard defines model for Leaderboard.
+type Leaderboard struct {
+	Profile       string              `json:"profile"`
+	Records       []LeaderboardRecord `json:"records"`
+	Scores        []LeaderboardScore  `json:"scores"`
+	TargetValLoss float64             `json:"target_val_loss"`
+	Task          string              `json:"task"`
+}
+
+// LeaderboardRecord defines model for LeaderboardRecord.
+type LeaderboardRecord struct {
+	CiHighMs      float64   `json:"ci_high_ms"`
+	CiLowMs       float64   `json:"ci_low_ms"`
+	DecidedAt     time.Time `json:"decided_at"`
+	LossPValue    float64   `json:"loss_p_value"`
+	MeanTimeMs    float64   `json:"mean_time_ms"`
+	MeanValLoss   *float64  `json:"mean_val_loss,omitempty"`
+	OlympicMeanMs *float64  `json:"olympic_mean_ms,omitempty"`
+	Runs          int       `json:"runs"`
+
+	// Speedup baseline mean time / candidate mean time
+	Speedup      *float64           `json:"speedup,omitempty"`
+	Team         string             `json:"team"`
+	Verification openapi_types.UUID `json:"verification"`
+}
+
+// LeaderboardScore defines model for LeaderboardScore.
+type LeaderboardScore struct {
+	BestFsr float64            `json:"best_fsr"`
+	BestRun openapi_types.UUID `json:"best_run"`
+	Date    time.Time          `json:"date"`
+
+	// Runs the team's scored submissions of the task
+	Runs int    `json:"runs"`
+	Team string `json:"team"`
+}
 
 // Metrics defines model for Metrics.
 type Metrics struct {
@@ -192,8 +483,18 @@ type Run struct {
 	LogTruncated    *bool              `json:"log_truncated,omitempty"`
 	Metrics         *Metrics           `json:"metrics,omitempty"`
 	OomKilled       *bool              `json:"oom_killed,omitempty"`
-	Reason          *string            `json:"reason,omitempty"`
-	Score           *Score             `json:"score,omitempty"`
+
+	// Pair its A/B pair in a verification
+	Pair *int `json:"pair,omitempty"`
+
+	// Parent the verification, audit or agent run this run belongs to
+	Parent  *openapi_types.UUID `json:"parent,omitempty"`
+	Purpose *RunPurpose         `json:"purpose,omitempty"`
+	Reason  *string             `json:"reason,omitempty"`
+	Score   *Score              `json:"score,omitempty"`
+
+	// Side its part there: candidate, baseline, rerun, attempt
+	Side *string `json:"side,omitempty"`
 
 	// Spec environment and command are required unless task is given; a task run takes the
 	// task's environment, command, time limit, GPUs and data (a spec that names others
@@ -204,6 +505,9 @@ type Run struct {
 	Team      string     `json:"team"`
 	TimedOut  *bool      `json:"timed_out,omitempty"`
 }
+
+// RunPurpose defines model for Run.Purpose.
+type RunPurpose string
 
 // RunList defines model for RunList.
 type RunList struct {
@@ -231,6 +535,9 @@ type RunSpec struct {
 	// Gpus how many GPUs (0 for a CPU run), or "all" of a node's; a request no worker can satisfy is refused (422)
 	Gpus *RunSpec_Gpus `json:"gpus,omitempty"`
 
+	// Purpose calibration runs (repro tasks calibrate) stay off results and leaderboards; verification, audit and agent runs are marked by repro itself
+	Purpose *RunSpecPurpose `json:"purpose,omitempty"`
+
 	// Seed passed to the script as REPRO_SEED
 	Seed *int64 `json:"seed,omitempty"`
 
@@ -249,6 +556,9 @@ type RunSpecGpus1 string
 type RunSpec_Gpus struct {
 	union json.RawMessage
 }
+
+// RunSpecPurpose calibration runs (repro tasks calibrate) stay off results and leaderboards; verification, audit and agent runs are marked by repro itself
+type RunSpecPurpose string
 
 // RunState defines model for RunState.
 type RunState string
@@ -323,11 +633,94 @@ type TokenCreated struct {
 	Token string `json:"token"`
 }
 
+// Verification defines model for Verification.
+type Verification struct {
+	CancelRequested bool                  `json:"cancel_requested"`
+	CreatedAt       time.Time             `json:"created_at"`
+	FinishedAt      *time.Time            `json:"finished_at,omitempty"`
+	Id              openapi_types.UUID    `json:"id"`
+	Progress        *VerificationProgress `json:"progress,omitempty"`
+	Reason          *string               `json:"reason,omitempty"`
+
+	// Report the archived report (verdict with its statistics, every run with its bundle)
+	Report         *map[string]interface{} `json:"report,omitempty"`
+	ReportLocation *string                 `json:"report_location,omitempty"`
+	Runs           []CampaignRun           `json:"runs"`
+	State          CampaignState           `json:"state"`
+	Task           string                  `json:"task"`
+	Team           string                  `json:"team"`
+	Verdict        *VerificationVerdict    `json:"verdict,omitempty"`
+}
+
+// VerificationVerdict defines model for Verification.Verdict.
+type VerificationVerdict string
+
+// VerificationList defines model for VerificationList.
+type VerificationList struct {
+	Items      []Verification `json:"items"`
+	NextCursor *string        `json:"next_cursor,omitempty"`
+}
+
+// VerificationProgress defines model for VerificationProgress.
+type VerificationProgress struct {
+	CurrentRun   *string  `json:"current_run,omitempty"`
+	Done         int      `json:"done"`
+	LossPValue   *float64 `json:"loss_p_value,omitempty"`
+	Total        int      `json:"total"`
+	VerdictSoFar *string  `json:"verdict_so_far,omitempty"`
+}
+
+// VerificationRequest defines model for VerificationRequest.
+type VerificationRequest struct {
+	// BaselineRun use this run's archived submission as the baseline (default: the task's start record)
+	BaselineRun *openapi_types.UUID `json:"baseline_run,omitempty"`
+
+	// CandidateRun use this run's archived submission as the candidate instead of files
+	CandidateRun *openapi_types.UUID `json:"candidate_run,omitempty"`
+
+	// MaxFailedFraction share of candidate runs that may fail before the claim is rejected
+	MaxFailedFraction *float32 `json:"max_failed_fraction,omitempty"`
+
+	// Profile the hardware profile; must be this service's workers' (default)
+	Profile *string `json:"profile,omitempty"`
+
+	// Runs runs of each side
+	Runs *int `json:"runs,omitempty"`
+
+	// Task the task whose record the claim beats
+	Task string `json:"task"`
+}
+
+// CampaignID defines model for CampaignID.
+type CampaignID = openapi_types.UUID
+
+// ReportFormat defines model for ReportFormat.
+type ReportFormat string
+
 // RunID defines model for RunID.
 type RunID = openapi_types.UUID
 
 // TaskID defines model for TaskID.
 type TaskID = string
+
+// ListAuditsParams defines parameters for ListAudits.
+type ListAuditsParams struct {
+	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// GetAuditReportParams defines parameters for GetAuditReport.
+type GetAuditReportParams struct {
+	Format *GetAuditReportParamsFormat `form:"format,omitempty" json:"format,omitempty"`
+}
+
+// GetAuditReportParamsFormat defines parameters for GetAuditReport.
+type GetAuditReportParamsFormat string
+
+// GetLeaderboardParams defines parameters for GetLeaderboard.
+type GetLeaderboardParams struct {
+	Task string `form:"task" json:"task"`
+}
 
 // ListRunsParams defines parameters for ListRuns.
 type ListRunsParams struct {
@@ -364,11 +757,40 @@ type GetTaskResultsParams struct {
 	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// ListVerificationsParams defines parameters for ListVerifications.
+type ListVerificationsParams struct {
+	Task   *string `form:"task,omitempty" json:"task,omitempty"`
+	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// CreateVerificationMultipartBody defines parameters for CreateVerification.
+type CreateVerificationMultipartBody struct {
+	Files *[]openapi_types.File `json:"files,omitempty"`
+
+	// Spec a JSON-encoded VerificationRequest
+	Spec string `json:"spec"`
+}
+
+// GetVerificationReportParams defines parameters for GetVerificationReport.
+type GetVerificationReportParams struct {
+	Format *GetVerificationReportParamsFormat `form:"format,omitempty" json:"format,omitempty"`
+}
+
+// GetVerificationReportParamsFormat defines parameters for GetVerificationReport.
+type GetVerificationReportParamsFormat string
+
+// CreateAuditJSONRequestBody defines body for CreateAudit for application/json ContentType.
+type CreateAuditJSONRequestBody = AuditRequest
+
 // CreateRunMultipartRequestBody defines body for CreateRun for multipart/form-data ContentType.
 type CreateRunMultipartRequestBody CreateRunMultipartBody
 
 // CreateTeamJSONRequestBody defines body for CreateTeam for application/json ContentType.
 type CreateTeamJSONRequestBody = TeamCreate
+
+// CreateVerificationMultipartRequestBody defines body for CreateVerification for multipart/form-data ContentType.
+type CreateVerificationMultipartRequestBody CreateVerificationMultipartBody
 
 // AsRunSpecGpus0 returns the union data inside the RunSpec_Gpus as a RunSpecGpus0
 func (t RunSpec_Gpus) AsRunSpecGpus0() (RunSpecGpus0, error) {
@@ -526,6 +948,44 @@ type ClientInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListAudits The team's audits, newest first (the admin sees all).
+	//
+	// Corresponds with GET /v1/audits (the `ListAudits` operationId).
+	ListAudits(ctx context.Context, params *ListAuditsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateAuditWithBody Re-run an archived run (or a verification's runs) and compare.
+	//
+	// Each run is re-run with its archived image (restored if the host lacks it), its archived
+	// files, seed and environment variables, on this service's hardware profile. The archived
+	// bundles and image are re-hashed first: content that no longer matches its record is never
+	// re-run, and the audit ends `drifted` saying which.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+	CreateAuditWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateAudit Re-run an archived run (or a verification's runs) and compare.
+	//
+	// Each run is re-run with its archived image (restored if the host lacks it), its archived
+	// files, seed and environment variables, on this service's hardware profile. The archived
+	// bundles and image are re-hashed first: content that no longer matches its record is never
+	// re-run, and the audit ends `drifted` saying which.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+	CreateAudit(ctx context.Context, body CreateAuditJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetAudit performs a GET /v1/audits/{id} (the `GetAudit` operationId) request.
+	GetAudit(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelAudit performs a POST /v1/audits/{id}/cancel (the `CancelAudit` operationId) request.
+	CancelAudit(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetAuditReport performs a GET /v1/audits/{id}/report (the `GetAuditReport` operationId) request.
+	GetAuditReport(ctx context.Context, id CampaignID, params *GetAuditReportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListEnvironments The environments runs may name.
 	//
 	// Corresponds with GET /v1/environments (the `ListEnvironments` operationId).
@@ -535,6 +995,11 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/environments/{name}/build (the `BuildEnvironment` operationId).
 	BuildEnvironment(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetLeaderboard A task's verified records (fastest first) and benchmark scores (best FSR per team).
+	//
+	// Corresponds with GET /v1/leaderboard (the `GetLeaderboard` operationId).
+	GetLeaderboard(ctx context.Context, params *GetLeaderboardParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListRuns The team's runs, newest first.
 	//
@@ -613,6 +1078,37 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/teams/{name}/tokens (the `CreateToken` operationId).
 	CreateToken(ctx context.Context, name TeamName, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListVerifications The team's verifications, newest first (the admin sees all).
+	//
+	// Corresponds with GET /v1/verifications (the `ListVerifications` operationId).
+	ListVerifications(ctx context.Context, params *ListVerificationsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateVerificationWithBody Verify a record claim.
+	//
+	// `multipart/form-data` with one part `spec` (a JSON VerificationRequest) and, unless the
+	// spec names `candidate_run`, the candidate's files as `files` parts (as for a run). The
+	// candidate and the baseline (the task's start record, or `baseline_run`'s submission) are
+	// each run `runs` times on the same worker, interleaved A/B/A/B, every run with its own
+	// seed; the verdict follows the speedrun's rules (see the Verification schema).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/verifications (the `CreateVerification` operationId).
+	CreateVerificationWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetVerification A verification with its progress, runs and (once decided) its report. Verified records are visible to every team.
+	//
+	// Corresponds with GET /v1/verifications/{id} (the `GetVerification` operationId).
+	GetVerification(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelVerification performs a POST /v1/verifications/{id}/cancel (the `CancelVerification` operationId) request.
+	CancelVerification(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetVerificationReport The archived report, as JSON or Markdown.
+	//
+	// Corresponds with GET /v1/verifications/{id}/report (the `GetVerificationReport` operationId).
+	GetVerificationReport(ctx context.Context, id CampaignID, params *GetVerificationReportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetHealthz Liveness: the process answers.
@@ -675,6 +1171,104 @@ func (c *Client) GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (
 	return c.Client.Do(req)
 }
 
+// ListAudits The team's audits, newest first (the admin sees all).
+//
+// Corresponds with GET /v1/audits (the `ListAudits` operationId).
+func (c *Client) ListAudits(ctx context.Context, params *ListAuditsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListAuditsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateAuditWithBody Re-run an archived run (or a verification's runs) and compare.
+//
+// Each run is re-run with its archived image (restored if the host lacks it), its archived
+// files, seed and environment variables, on this service's hardware profile. The archived
+// bundles and image are re-hashed first: content that no longer matches its record is never
+// re-run, and the audit ends `drifted` saying which.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+func (c *Client) CreateAuditWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateAuditRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateAudit Re-run an archived run (or a verification's runs) and compare.
+//
+// Each run is re-run with its archived image (restored if the host lacks it), its archived
+// files, seed and environment variables, on this service's hardware profile. The archived
+// bundles and image are re-hashed first: content that no longer matches its record is never
+// re-run, and the audit ends `drifted` saying which.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+func (c *Client) CreateAudit(ctx context.Context, body CreateAuditJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateAuditRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetAudit performs a GET /v1/audits/{id} (the `GetAudit` operationId) request.
+func (c *Client) GetAudit(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetAuditRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelAudit performs a POST /v1/audits/{id}/cancel (the `CancelAudit` operationId) request.
+func (c *Client) CancelAudit(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelAuditRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetAuditReport performs a GET /v1/audits/{id}/report (the `GetAuditReport` operationId) request.
+func (c *Client) GetAuditReport(ctx context.Context, id CampaignID, params *GetAuditReportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetAuditReportRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListEnvironments The environments runs may name.
 //
 // Corresponds with GET /v1/environments (the `ListEnvironments` operationId).
@@ -695,6 +1289,21 @@ func (c *Client) ListEnvironments(ctx context.Context, reqEditors ...RequestEdit
 // Corresponds with POST /v1/environments/{name}/build (the `BuildEnvironment` operationId).
 func (c *Client) BuildEnvironment(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewBuildEnvironmentRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetLeaderboard A task's verified records (fastest first) and benchmark scores (best FSR per team).
+//
+// Corresponds with GET /v1/leaderboard (the `GetLeaderboard` operationId).
+func (c *Client) GetLeaderboard(ctx context.Context, params *GetLeaderboardParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetLeaderboardRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -913,6 +1522,87 @@ func (c *Client) CreateToken(ctx context.Context, name TeamName, reqEditors ...R
 	return c.Client.Do(req)
 }
 
+// ListVerifications The team's verifications, newest first (the admin sees all).
+//
+// Corresponds with GET /v1/verifications (the `ListVerifications` operationId).
+func (c *Client) ListVerifications(ctx context.Context, params *ListVerificationsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListVerificationsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateVerificationWithBody Verify a record claim.
+//
+// `multipart/form-data` with one part `spec` (a JSON VerificationRequest) and, unless the
+// spec names `candidate_run`, the candidate's files as `files` parts (as for a run). The
+// candidate and the baseline (the task's start record, or `baseline_run`'s submission) are
+// each run `runs` times on the same worker, interleaved A/B/A/B, every run with its own
+// seed; the verdict follows the speedrun's rules (see the Verification schema).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/verifications (the `CreateVerification` operationId).
+func (c *Client) CreateVerificationWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateVerificationRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetVerification A verification with its progress, runs and (once decided) its report. Verified records are visible to every team.
+//
+// Corresponds with GET /v1/verifications/{id} (the `GetVerification` operationId).
+func (c *Client) GetVerification(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetVerificationRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelVerification performs a POST /v1/verifications/{id}/cancel (the `CancelVerification` operationId) request.
+func (c *Client) CancelVerification(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelVerificationRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetVerificationReport The archived report, as JSON or Markdown.
+//
+// Corresponds with GET /v1/verifications/{id}/report (the `GetVerificationReport` operationId).
+func (c *Client) GetVerificationReport(ctx context.Context, id CampaignID, params *GetVerificationReportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetVerificationReportRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // NewGetHealthzRequest constructs an http.Request for the GetHealthz method
 func NewGetHealthzRequest(server string) (*http.Request, error) {
 	var err error
@@ -1021,6 +1711,241 @@ func NewGetReadyzRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewListAuditsRequest constructs an http.Request for the ListAudits method
+func NewListAuditsRequest(server string, params *ListAuditsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/audits")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateAuditRequest calls the generic CreateAudit builder with application/json body
+func NewCreateAuditRequest(server string, body CreateAuditJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateAuditRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateAuditRequestWithBody constructs an http.Request for the CreateAudit method, with any body, and a specified content type
+func NewCreateAuditRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/audits")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetAuditRequest constructs an http.Request for the GetAudit method
+func NewGetAuditRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/audits/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCancelAuditRequest constructs an http.Request for the CancelAudit method
+func NewCancelAuditRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/audits/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetAuditReportRequest constructs an http.Request for the GetAuditReport method
+func NewGetAuditReportRequest(server string, id CampaignID, params *GetAuditReportParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/audits/%s/report", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Format != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "format", *params.Format, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewListEnvironmentsRequest constructs an http.Request for the ListEnvironments method
 func NewListEnvironmentsRequest(server string) (*http.Request, error) {
 	var err error
@@ -1075,6 +2000,56 @@ func NewBuildEnvironmentRequest(server string, name string) (*http.Request, erro
 	}
 
 	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetLeaderboardRequest constructs an http.Request for the GetLeaderboard method
+func NewGetLeaderboardRequest(server string, params *GetLeaderboardParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/leaderboard")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "task", params.Task, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1643,6 +2618,242 @@ func NewCreateTokenRequest(server string, name TeamName) (*http.Request, error) 
 	return req, nil
 }
 
+// NewListVerificationsRequest constructs an http.Request for the ListVerifications method
+func NewListVerificationsRequest(server string, params *ListVerificationsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/verifications")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Task != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "task", *params.Task, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateVerificationRequestWithBody constructs an http.Request for the CreateVerification method, with any body, and a specified content type
+func NewCreateVerificationRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/verifications")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetVerificationRequest constructs an http.Request for the GetVerification method
+func NewGetVerificationRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/verifications/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCancelVerificationRequest constructs an http.Request for the CancelVerification method
+func NewCancelVerificationRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/verifications/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetVerificationReportRequest constructs an http.Request for the GetVerificationReport method
+func NewGetVerificationReportRequest(server string, id CampaignID, params *GetVerificationReportParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/verifications/%s/report", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Format != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "format", *params.Format, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -1715,6 +2926,52 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetReadyzResponse, error)
 
+	// ListAuditsWithResponse The team's audits, newest first (the admin sees all).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/audits (the `ListAudits` operationId).
+	ListAuditsWithResponse(ctx context.Context, params *ListAuditsParams, reqEditors ...RequestEditorFn) (*ListAuditsResponse, error)
+
+	// CreateAuditWithBodyWithResponse Re-run an archived run (or a verification's runs) and compare.
+	//
+	// Each run is re-run with its archived image (restored if the host lacks it), its archived
+	// files, seed and environment variables, on this service's hardware profile. The archived
+	// bundles and image are re-hashed first: content that no longer matches its record is never
+	// re-run, and the audit ends `drifted` saying which.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+	CreateAuditWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateAuditResponse, error)
+
+	// CreateAuditWithResponse Re-run an archived run (or a verification's runs) and compare.
+	//
+	// Each run is re-run with its archived image (restored if the host lacks it), its archived
+	// files, seed and environment variables, on this service's hardware profile. The archived
+	// bundles and image are re-hashed first: content that no longer matches its record is never
+	// re-run, and the audit ends `drifted` saying which.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+	CreateAuditWithResponse(ctx context.Context, body CreateAuditJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateAuditResponse, error)
+
+	// GetAuditWithResponse performs a GET /v1/audits/{id} (the `GetAudit` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	GetAuditWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetAuditResponse, error)
+
+	// CancelAuditWithResponse performs a POST /v1/audits/{id}/cancel (the `CancelAudit` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	CancelAuditWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelAuditResponse, error)
+
+	// GetAuditReportWithResponse performs a GET /v1/audits/{id}/report (the `GetAuditReport` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	GetAuditReportWithResponse(ctx context.Context, id CampaignID, params *GetAuditReportParams, reqEditors ...RequestEditorFn) (*GetAuditReportResponse, error)
+
 	// ListEnvironmentsWithResponse The environments runs may name.
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -1728,6 +2985,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/environments/{name}/build (the `BuildEnvironment` operationId).
 	BuildEnvironmentWithResponse(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*BuildEnvironmentResponse, error)
+
+	// GetLeaderboardWithResponse A task's verified records (fastest first) and benchmark scores (best FSR per team).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/leaderboard (the `GetLeaderboard` operationId).
+	GetLeaderboardWithResponse(ctx context.Context, params *GetLeaderboardParams, reqEditors ...RequestEditorFn) (*GetLeaderboardResponse, error)
 
 	// ListRunsWithResponse The team's runs, newest first.
 	//
@@ -1826,6 +3090,45 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/teams/{name}/tokens (the `CreateToken` operationId).
 	CreateTokenWithResponse(ctx context.Context, name TeamName, reqEditors ...RequestEditorFn) (*CreateTokenResponse, error)
+
+	// ListVerificationsWithResponse The team's verifications, newest first (the admin sees all).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/verifications (the `ListVerifications` operationId).
+	ListVerificationsWithResponse(ctx context.Context, params *ListVerificationsParams, reqEditors ...RequestEditorFn) (*ListVerificationsResponse, error)
+
+	// CreateVerificationWithBodyWithResponse Verify a record claim.
+	//
+	// `multipart/form-data` with one part `spec` (a JSON VerificationRequest) and, unless the
+	// spec names `candidate_run`, the candidate's files as `files` parts (as for a run). The
+	// candidate and the baseline (the task's start record, or `baseline_run`'s submission) are
+	// each run `runs` times on the same worker, interleaved A/B/A/B, every run with its own
+	// seed; the verdict follows the speedrun's rules (see the Verification schema).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/verifications (the `CreateVerification` operationId).
+	CreateVerificationWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVerificationResponse, error)
+
+	// GetVerificationWithResponse A verification with its progress, runs and (once decided) its report. Verified records are visible to every team.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/verifications/{id} (the `GetVerification` operationId).
+	GetVerificationWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetVerificationResponse, error)
+
+	// CancelVerificationWithResponse performs a POST /v1/verifications/{id}/cancel (the `CancelVerification` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	CancelVerificationWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelVerificationResponse, error)
+
+	// GetVerificationReportWithResponse The archived report, as JSON or Markdown.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/verifications/{id}/report (the `GetVerificationReport` operationId).
+	GetVerificationReportWithResponse(ctx context.Context, id CampaignID, params *GetVerificationReportParams, reqEditors ...RequestEditorFn) (*GetVerificationReportResponse, error)
 }
 
 type GetHealthzResponse struct {
@@ -1992,6 +3295,316 @@ func (r GetReadyzResponse) ContentType() string {
 	return ""
 }
 
+type ListAuditsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AuditList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListAuditsResponse) GetJSON200() *AuditList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListAuditsResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListAuditsResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetBody returns the raw response body bytes
+func (r ListAuditsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListAuditsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListAuditsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListAuditsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateAuditResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Audit
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateAuditResponse) GetJSON201() *Audit {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateAuditResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateAuditResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateAuditResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateAuditResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateAuditResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateAuditResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateAuditResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetAuditResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Audit
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetAuditResponse) GetJSON200() *Audit {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetAuditResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetAuditResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetAuditResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r GetAuditResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetAuditResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetAuditResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetAuditResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelAuditResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Audit
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CancelAuditResponse) GetJSON202() *Audit {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CancelAuditResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CancelAuditResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CancelAuditResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelAuditResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelAuditResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelAuditResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelAuditResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetAuditReportResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *map[string]interface{}
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetAuditReportResponse) GetJSON200() *map[string]interface{} {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetAuditReportResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetAuditReportResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetAuditReportResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r GetAuditReportResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetBody returns the raw response body bytes
+func (r GetAuditReportResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetAuditReportResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetAuditReportResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetAuditReportResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListEnvironmentsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2100,6 +3713,68 @@ func (r BuildEnvironmentResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r BuildEnvironmentResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetLeaderboardResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Leaderboard
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetLeaderboardResponse) GetJSON200() *Leaderboard {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetLeaderboardResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetLeaderboardResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetLeaderboardResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r GetLeaderboardResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetLeaderboardResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetLeaderboardResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetLeaderboardResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -2847,6 +4522,337 @@ func (r CreateTokenResponse) ContentType() string {
 	return ""
 }
 
+type ListVerificationsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *VerificationList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListVerificationsResponse) GetJSON200() *VerificationList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListVerificationsResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListVerificationsResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetBody returns the raw response body bytes
+func (r ListVerificationsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListVerificationsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListVerificationsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListVerificationsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateVerificationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Verification
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateVerificationResponse) GetJSON201() *Verification {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateVerificationResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateVerificationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateVerificationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateVerificationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateVerificationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetVerificationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Verification
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetVerificationResponse) GetJSON200() *Verification {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetVerificationResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetVerificationResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetVerificationResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r GetVerificationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetVerificationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetVerificationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetVerificationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelVerificationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Verification
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CancelVerificationResponse) GetJSON202() *Verification {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CancelVerificationResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CancelVerificationResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CancelVerificationResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelVerificationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelVerificationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelVerificationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelVerificationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetVerificationReportResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *map[string]interface{}
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetVerificationReportResponse) GetJSON200() *map[string]interface{} {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetVerificationReportResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetVerificationReportResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetVerificationReportResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r GetVerificationReportResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetBody returns the raw response body bytes
+func (r GetVerificationReportResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetVerificationReportResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetVerificationReportResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetVerificationReportResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetHealthzWithResponse Liveness: the process answers.
 //
 // Returns a wrapper object for the known response body format(s).
@@ -2899,6 +4905,88 @@ func (c *ClientWithResponses) GetReadyzWithResponse(ctx context.Context, reqEdit
 	return ParseGetReadyzResponse(rsp)
 }
 
+// ListAuditsWithResponse The team's audits, newest first (the admin sees all).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/audits (the `ListAudits` operationId).
+func (c *ClientWithResponses) ListAuditsWithResponse(ctx context.Context, params *ListAuditsParams, reqEditors ...RequestEditorFn) (*ListAuditsResponse, error) {
+	rsp, err := c.ListAudits(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListAuditsResponse(rsp)
+}
+
+// CreateAuditWithBodyWithResponse Re-run an archived run (or a verification's runs) and compare.
+//
+// Each run is re-run with its archived image (restored if the host lacks it), its archived
+// files, seed and environment variables, on this service's hardware profile. The archived
+// bundles and image are re-hashed first: content that no longer matches its record is never
+// re-run, and the audit ends `drifted` saying which.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+func (c *ClientWithResponses) CreateAuditWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateAuditResponse, error) {
+	rsp, err := c.CreateAuditWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateAuditResponse(rsp)
+}
+
+// CreateAuditWithResponse Re-run an archived run (or a verification's runs) and compare.
+//
+// Each run is re-run with its archived image (restored if the host lacks it), its archived
+// files, seed and environment variables, on this service's hardware profile. The archived
+// bundles and image are re-hashed first: content that no longer matches its record is never
+// re-run, and the audit ends `drifted` saying which.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/audits (the `CreateAudit` operationId).
+func (c *ClientWithResponses) CreateAuditWithResponse(ctx context.Context, body CreateAuditJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateAuditResponse, error) {
+	rsp, err := c.CreateAudit(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateAuditResponse(rsp)
+}
+
+// GetAuditWithResponse performs a GET /v1/audits/{id} (the `GetAudit` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) GetAuditWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetAuditResponse, error) {
+	rsp, err := c.GetAudit(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetAuditResponse(rsp)
+}
+
+// CancelAuditWithResponse performs a POST /v1/audits/{id}/cancel (the `CancelAudit` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) CancelAuditWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelAuditResponse, error) {
+	rsp, err := c.CancelAudit(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelAuditResponse(rsp)
+}
+
+// GetAuditReportWithResponse performs a GET /v1/audits/{id}/report (the `GetAuditReport` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) GetAuditReportWithResponse(ctx context.Context, id CampaignID, params *GetAuditReportParams, reqEditors ...RequestEditorFn) (*GetAuditReportResponse, error) {
+	rsp, err := c.GetAuditReport(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetAuditReportResponse(rsp)
+}
+
 // ListEnvironmentsWithResponse The environments runs may name.
 //
 // Returns a wrapper object for the known response body format(s).
@@ -2923,6 +5011,19 @@ func (c *ClientWithResponses) BuildEnvironmentWithResponse(ctx context.Context, 
 		return nil, err
 	}
 	return ParseBuildEnvironmentResponse(rsp)
+}
+
+// GetLeaderboardWithResponse A task's verified records (fastest first) and benchmark scores (best FSR per team).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/leaderboard (the `GetLeaderboard` operationId).
+func (c *ClientWithResponses) GetLeaderboardWithResponse(ctx context.Context, params *GetLeaderboardParams, reqEditors ...RequestEditorFn) (*GetLeaderboardResponse, error) {
+	rsp, err := c.GetLeaderboard(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetLeaderboardResponse(rsp)
 }
 
 // ListRunsWithResponse The team's runs, newest first.
@@ -3101,6 +5202,75 @@ func (c *ClientWithResponses) CreateTokenWithResponse(ctx context.Context, name 
 	return ParseCreateTokenResponse(rsp)
 }
 
+// ListVerificationsWithResponse The team's verifications, newest first (the admin sees all).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/verifications (the `ListVerifications` operationId).
+func (c *ClientWithResponses) ListVerificationsWithResponse(ctx context.Context, params *ListVerificationsParams, reqEditors ...RequestEditorFn) (*ListVerificationsResponse, error) {
+	rsp, err := c.ListVerifications(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListVerificationsResponse(rsp)
+}
+
+// CreateVerificationWithBodyWithResponse Verify a record claim.
+//
+// `multipart/form-data` with one part `spec` (a JSON VerificationRequest) and, unless the
+// spec names `candidate_run`, the candidate's files as `files` parts (as for a run). The
+// candidate and the baseline (the task's start record, or `baseline_run`'s submission) are
+// each run `runs` times on the same worker, interleaved A/B/A/B, every run with its own
+// seed; the verdict follows the speedrun's rules (see the Verification schema).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/verifications (the `CreateVerification` operationId).
+func (c *ClientWithResponses) CreateVerificationWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVerificationResponse, error) {
+	rsp, err := c.CreateVerificationWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateVerificationResponse(rsp)
+}
+
+// GetVerificationWithResponse A verification with its progress, runs and (once decided) its report. Verified records are visible to every team.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/verifications/{id} (the `GetVerification` operationId).
+func (c *ClientWithResponses) GetVerificationWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetVerificationResponse, error) {
+	rsp, err := c.GetVerification(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetVerificationResponse(rsp)
+}
+
+// CancelVerificationWithResponse performs a POST /v1/verifications/{id}/cancel (the `CancelVerification` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) CancelVerificationWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelVerificationResponse, error) {
+	rsp, err := c.CancelVerification(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelVerificationResponse(rsp)
+}
+
+// GetVerificationReportWithResponse The archived report, as JSON or Markdown.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/verifications/{id}/report (the `GetVerificationReport` operationId).
+func (c *ClientWithResponses) GetVerificationReportWithResponse(ctx context.Context, id CampaignID, params *GetVerificationReportParams, reqEditors ...RequestEditorFn) (*GetVerificationReportResponse, error) {
+	rsp, err := c.GetVerificationReport(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetVerificationReportResponse(rsp)
+}
+
 // ParseGetHealthzResponse parses an HTTP response from a GetHealthzWithResponse call
 func ParseGetHealthzResponse(rsp *http.Response) (*GetHealthzResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -3202,6 +5372,244 @@ func ParseGetReadyzResponse(rsp *http.Response) (*GetReadyzResponse, error) {
 	return response, nil
 }
 
+// ParseListAuditsResponse parses an HTTP response from a ListAuditsWithResponse call
+func ParseListAuditsResponse(rsp *http.Response) (*ListAuditsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListAuditsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AuditList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateAuditResponse parses an HTTP response from a CreateAuditWithResponse call
+func ParseCreateAuditResponse(rsp *http.Response) (*CreateAuditResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateAuditResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Audit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetAuditResponse parses an HTTP response from a GetAuditWithResponse call
+func ParseGetAuditResponse(rsp *http.Response) (*GetAuditResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetAuditResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Audit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCancelAuditResponse parses an HTTP response from a CancelAuditWithResponse call
+func ParseCancelAuditResponse(rsp *http.Response) (*CancelAuditResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelAuditResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Audit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetAuditReportResponse parses an HTTP response from a GetAuditReportWithResponse call
+func ParseGetAuditReportResponse(rsp *http.Response) (*GetAuditReportResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetAuditReportResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest map[string]interface{}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (text/markdown) unsupported
+
+	}
+
+	return response, nil
+}
+
 // ParseListEnvironmentsResponse parses an HTTP response from a ListEnvironmentsWithResponse call
 func ParseListEnvironmentsResponse(rsp *http.Response) (*ListEnvironmentsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -3278,6 +5686,53 @@ func ParseBuildEnvironmentResponse(rsp *http.Response) (*BuildEnvironmentRespons
 			return nil, err
 		}
 		response.ApplicationproblemJSON422 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetLeaderboardResponse parses an HTTP response from a GetLeaderboardWithResponse call
+func ParseGetLeaderboardResponse(rsp *http.Response) (*GetLeaderboardResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetLeaderboardResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Leaderboard
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
 
 	}
 
@@ -3843,6 +6298,265 @@ func ParseCreateTokenResponse(rsp *http.Response) (*CreateTokenResponse, error) 
 	return response, nil
 }
 
+// ParseListVerificationsResponse parses an HTTP response from a ListVerificationsWithResponse call
+func ParseListVerificationsResponse(rsp *http.Response) (*ListVerificationsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListVerificationsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest VerificationList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateVerificationResponse parses an HTTP response from a CreateVerificationWithResponse call
+func ParseCreateVerificationResponse(rsp *http.Response) (*CreateVerificationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateVerificationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Verification
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetVerificationResponse parses an HTTP response from a GetVerificationWithResponse call
+func ParseGetVerificationResponse(rsp *http.Response) (*GetVerificationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetVerificationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Verification
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCancelVerificationResponse parses an HTTP response from a CancelVerificationWithResponse call
+func ParseCancelVerificationResponse(rsp *http.Response) (*CancelVerificationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelVerificationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Verification
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetVerificationReportResponse parses an HTTP response from a GetVerificationReportWithResponse call
+func ParseGetVerificationReportResponse(rsp *http.Response) (*GetVerificationReportResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetVerificationReportResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest map[string]interface{}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (text/markdown) unsupported
+
+	}
+
+	return response, nil
+}
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
 	// GetHealthz Liveness: the process answers.
@@ -3857,12 +6571,30 @@ type ServerInterface interface {
 	// GetReadyz Readiness: Docker, the store and the archive are reachable.
 	// (GET /readyz)
 	GetReadyz(ctx *echo.Context) error
+	// ListAudits The team's audits, newest first (the admin sees all).
+	// (GET /v1/audits)
+	ListAudits(ctx *echo.Context, params ListAuditsParams) error
+	// CreateAudit Re-run an archived run (or a verification's runs) and compare.
+	// (POST /v1/audits)
+	CreateAudit(ctx *echo.Context) error
+
+	// (GET /v1/audits/{id})
+	GetAudit(ctx *echo.Context, id CampaignID) error
+
+	// (POST /v1/audits/{id}/cancel)
+	CancelAudit(ctx *echo.Context, id CampaignID) error
+
+	// (GET /v1/audits/{id}/report)
+	GetAuditReport(ctx *echo.Context, id CampaignID, params GetAuditReportParams) error
 	// ListEnvironments The environments runs may name.
 	// (GET /v1/environments)
 	ListEnvironments(ctx *echo.Context) error
 	// BuildEnvironment Build a catalogue environment on this host (admin); the build output streams as text.
 	// (POST /v1/environments/{name}/build)
 	BuildEnvironment(ctx *echo.Context, name string) error
+	// GetLeaderboard A task's verified records (fastest first) and benchmark scores (best FSR per team).
+	// (GET /v1/leaderboard)
+	GetLeaderboard(ctx *echo.Context, params GetLeaderboardParams) error
 	// ListRuns The team's runs, newest first.
 	// (GET /v1/runs)
 	ListRuns(ctx *echo.Context, params ListRunsParams) error
@@ -3899,6 +6631,21 @@ type ServerInterface interface {
 	// CreateToken Create a bearer token for a team (admin). The token is shown once.
 	// (POST /v1/teams/{name}/tokens)
 	CreateToken(ctx *echo.Context, name TeamName) error
+	// ListVerifications The team's verifications, newest first (the admin sees all).
+	// (GET /v1/verifications)
+	ListVerifications(ctx *echo.Context, params ListVerificationsParams) error
+	// CreateVerification Verify a record claim.
+	// (POST /v1/verifications)
+	CreateVerification(ctx *echo.Context) error
+	// GetVerification A verification with its progress, runs and (once decided) its report. Verified records are visible to every team.
+	// (GET /v1/verifications/{id})
+	GetVerification(ctx *echo.Context, id CampaignID) error
+
+	// (POST /v1/verifications/{id}/cancel)
+	CancelVerification(ctx *echo.Context, id CampaignID) error
+	// GetVerificationReport The archived report, as JSON or Markdown.
+	// (GET /v1/verifications/{id}/report)
+	GetVerificationReport(ctx *echo.Context, id CampaignID, params GetVerificationReportParams) error
 }
 
 // ServerInterfaceWrapper converts echo contexts to parameters.
@@ -3942,6 +6689,97 @@ func (w *ServerInterfaceWrapper) GetReadyz(ctx *echo.Context) error {
 	return err
 }
 
+// ListAudits converts echo context to params.
+func (w *ServerInterfaceWrapper) ListAudits(ctx *echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListAuditsParams
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", ctx.QueryParams(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter cursor: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListAudits(ctx, params)
+	return err
+}
+
+// CreateAudit converts echo context to params.
+func (w *ServerInterfaceWrapper) CreateAudit(ctx *echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CreateAudit(ctx)
+	return err
+}
+
+// GetAudit converts echo context to params.
+func (w *ServerInterfaceWrapper) GetAudit(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetAudit(ctx, id)
+	return err
+}
+
+// CancelAudit converts echo context to params.
+func (w *ServerInterfaceWrapper) CancelAudit(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CancelAudit(ctx, id)
+	return err
+}
+
+// GetAuditReport converts echo context to params.
+func (w *ServerInterfaceWrapper) GetAuditReport(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetAuditReportParams
+	// ------------- Optional query parameter "format" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "format", ctx.QueryParams(), &params.Format, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter format: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetAuditReport(ctx, id, params)
+	return err
+}
+
 // ListEnvironments converts echo context to params.
 func (w *ServerInterfaceWrapper) ListEnvironments(ctx *echo.Context) error {
 	var err error
@@ -3964,6 +6802,24 @@ func (w *ServerInterfaceWrapper) BuildEnvironment(ctx *echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.BuildEnvironment(ctx, name)
+	return err
+}
+
+// GetLeaderboard converts echo context to params.
+func (w *ServerInterfaceWrapper) GetLeaderboard(ctx *echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetLeaderboardParams
+	// ------------- Required query parameter "task" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "task", ctx.QueryParams(), &params.Task, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter task: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetLeaderboard(ctx, params)
 	return err
 }
 
@@ -4213,6 +7069,104 @@ func (w *ServerInterfaceWrapper) CreateToken(ctx *echo.Context) error {
 	return err
 }
 
+// ListVerifications converts echo context to params.
+func (w *ServerInterfaceWrapper) ListVerifications(ctx *echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListVerificationsParams
+	// ------------- Optional query parameter "task" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "task", ctx.QueryParams(), &params.Task, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter task: %s", err))
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", ctx.QueryParams(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter cursor: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListVerifications(ctx, params)
+	return err
+}
+
+// CreateVerification converts echo context to params.
+func (w *ServerInterfaceWrapper) CreateVerification(ctx *echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CreateVerification(ctx)
+	return err
+}
+
+// GetVerification converts echo context to params.
+func (w *ServerInterfaceWrapper) GetVerification(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetVerification(ctx, id)
+	return err
+}
+
+// CancelVerification converts echo context to params.
+func (w *ServerInterfaceWrapper) CancelVerification(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CancelVerification(ctx, id)
+	return err
+}
+
+// GetVerificationReport converts echo context to params.
+func (w *ServerInterfaceWrapper) GetVerificationReport(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetVerificationReportParams
+	// ------------- Optional query parameter "format" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "format", ctx.QueryParams(), &params.Format, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter format: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetVerificationReport(ctx, id, params)
+	return err
+}
+
 // This is a simple interface which specifies echo.Route addition functions which
 // are present on both echo.Echo and echo.Group, since we want to allow using
 // either of them for path registration
@@ -4278,6 +7232,17 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.GET(options.BaseURL+"/v1/runs/:id/log", wrapper.GetRunLog, options.OperationMiddlewares["getRunLog"]...)
 	router.POST(options.BaseURL+"/v1/runs/:id/cancel", wrapper.CancelRun, options.OperationMiddlewares["cancelRun"]...)
 	router.GET(options.BaseURL+"/v1/runs/:id/files/:path", wrapper.GetRunFile, options.OperationMiddlewares["getRunFile"]...)
+	router.GET(options.BaseURL+"/v1/verifications", wrapper.ListVerifications, options.OperationMiddlewares["listVerifications"]...)
+	router.POST(options.BaseURL+"/v1/verifications", wrapper.CreateVerification, options.OperationMiddlewares["createVerification"]...)
+	router.GET(options.BaseURL+"/v1/verifications/:id", wrapper.GetVerification, options.OperationMiddlewares["getVerification"]...)
+	router.POST(options.BaseURL+"/v1/verifications/:id/cancel", wrapper.CancelVerification, options.OperationMiddlewares["cancelVerification"]...)
+	router.GET(options.BaseURL+"/v1/verifications/:id/report", wrapper.GetVerificationReport, options.OperationMiddlewares["getVerificationReport"]...)
+	router.GET(options.BaseURL+"/v1/audits", wrapper.ListAudits, options.OperationMiddlewares["listAudits"]...)
+	router.POST(options.BaseURL+"/v1/audits", wrapper.CreateAudit, options.OperationMiddlewares["createAudit"]...)
+	router.GET(options.BaseURL+"/v1/audits/:id", wrapper.GetAudit, options.OperationMiddlewares["getAudit"]...)
+	router.POST(options.BaseURL+"/v1/audits/:id/cancel", wrapper.CancelAudit, options.OperationMiddlewares["cancelAudit"]...)
+	router.GET(options.BaseURL+"/v1/audits/:id/report", wrapper.GetAuditReport, options.OperationMiddlewares["getAuditReport"]...)
+	router.GET(options.BaseURL+"/v1/leaderboard", wrapper.GetLeaderboard, options.OperationMiddlewares["getLeaderboard"]...)
 
 }
 
@@ -4286,74 +7251,106 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"3Dtpc9s4ln/lFXeqYu9Sh4+4E6WmtnJ4Eu/mcNnuma2KvBJMPokYkwAbAGW7U/7vWw8AJUqCJMtOMt37",
-	"yZL5CLz71rcokUUpBQqjo963qGSKFWhQ2W9nlTh5Rx+4iHpRyUwWxZFgBUa9iKdRHCn8reIK06hnVIVx",
-	"pJMMC0ZvjKQqmIl6UVVZSHNX0lvaKC7G0f19HF0wff3Y00tmDCp67X+/stbv3dbLS/+3PWhdfuvGe/u/",
-	"3P8lcO09napLKTRaCk+VvMqxoI+JFAaFoY+sLHOeMMOl6JQO4j/+qaWgZzMk/qJwFPWif+vMWNhxT3Wn",
-	"PtfemKJOFC/puKgXMQGolFSWCR6ejntTiTRHS52SJSrDHYq5dJjQ5wVy4qhggo9Qm4HO2P7zowDMfZOP",
-	"X2enLb97OWWXvPonJobOPxYTrqQoPGPmMUuYYbkcVxbpeSJHShZgMoSSC4EpTEFhB3ONoHDMtUGFKVzd",
-	"QSLFiI8rZTHbnYntSsocmSBEkiplQQ7M3Rt4njGV3jCFwYe8YOMA9oS4fQSqEhoqjbDDGjTgjCvPNHjF",
-	"aWVMZ2DYeHdZ72Li+zVJIHQVPQNOBxVljgZ7QO8lBq4qnqcadphILSa7wJIESwPcBJnkjCdAp1diKzVu",
-	"/IclKP8PphS7s2/dmWwFVxUmUqXB87gwOEYVOtBIlWSbddSSUQsnpJUfkOUmCyhkhsm1/cTSlBOHWX46",
-	"B7GK5tnZ2jBTWVgUVUHoyOsojirBJozn7CpvorSCAH9GCPVPSKLVy7jjrVFsHepTj5rKirCYHi6q4mqO",
-	"37PbRlywfGAU42KQS/3Qc9xrE5Zv85KWlUqwybhcjsnNOIoHI27fE1KEOEiMx3KVHknD8sE6AEuh4QUO",
-	"iofhG+JWIxjMyyZFw3ge1B/ryuftYP7dEcc8XWFDTAfNa0Gb3AlT+JBWLRra9NJlZyNHIxQpF2OwQDHc",
-	"ZChACiQPZCRc5c76Ho5u02YCouEmxzWmt4l69368zqbOKrHM96tpOF0Xp33QpQDDRIL5gK5GbbApsmYY",
-	"UsgMpgNm5rWMGWyR+oUYh7fcDBKZYphBIy64zrY8k6cPSLK8Cx3wsP7lcjwwqhIJW0luMfNW67hYO7X7",
-	"OJKyGFzzPF914jotSqTaKLBzC0TQJSabgM8qcU5gTkXVtoIjlcOH3GHhSKORFWFV5wWmA1mZEFMWFN5J",
-	"kk6qMfDEzmlfQGFXmMZHrgO529RbTT9sIDLkZgTemkFSKS3VZkN2F61A8txLMxz8RizXuJhHN5IwoAQp",
-	"kUVBf5mi9NLdC5XIUWswTNsMa8wnKF4Bc/9QlQDDrlFTptoX9L9nupncxfWhMZAEIecFNzG8P/1V2ytT",
-	"ZhhlhiQeMBkzQKmLBmkyVLovuAaFo0o3EMkQNKoJTxBYnssbDXKCSvEU9W67T2n5QkrjEFj25UyNJ7El",
-	"gQvo3Eh1rUuWINxwk8nKAAOdYZ5THlVLuGC3H1GMKXM67L48ikPlxO2Jg95/fhRHBRf+696y8FFM1qUr",
-	"jcsO9n85ehG+rfnO3v6LgHLgfAWywIRmIdFUCJ9CNpCwpxdcTL8HPXWSV5pPcCC8u16On8TxMRonyptM",
-	"5ggETKGTG435CHYMLyi+2oz9FaQ4YlVugGpYGEk11T0dzOHHZTUoZIp5+Pr3p7+CfQw1MgIx1TEwDZ//",
-	"/umj10BuYAfb4zb0o89/P3l38ho+7HW78KL7/g18ePPpoB/tBtizxJBxWellPDJ5AwUTd84QdrqWKgZv",
-	"T38lhHZjkAr6EcvzfgRyBMwy6Jkmu/PeCoQEUllUkDABmhmuR3fQsJedw/19QlEK/DKKel+tQvGCEsuj",
-	"QytI96UbL4fUWQbK8jyQa16Sb8dQNVYyTZcb6QzVPiHOnh2fnn0ZnB8fv4viWfDgwhwdRnEo6WH6OqSt",
-	"VvQn78CWx53JXof+oV9NZck12CiYAhszLrSv9DbKibyTrMxAYyJF6kVm1S7qHRx1u/GMey+ODu33moF7",
-	"y/jfr/DRdTisuftbhRWm1mVhySwucaQqIdwnppKMT9xnXSUJYmqhR4zn9oNrg9SRbC6CzUg7r7OCxbT6",
-	"ESXKSKtQq4Il9JFUVZeIaVUClbcTcio92LGZA7SsakNn9t0wNUaz+wq6LoXmYsJyG7wfgImQXONglEsZ",
-	"wChhOb9yzRCwgISaVREcoUKRoA1HzugZNAkgqDErH4ZEqaQtyoKOpu6bgIea6ugN0/b6FGwXaZs6wQws",
-	"83yNNn/nPG01LY7ZrtsAUoDJuK4xehiRZuAEtcWl7oWn3eru3FI/a7exzLit69s4ctq4rO5kODBhORBi",
-	"0K+63YPkrzXNttXEwN7neEL5BH3OfPoTas8tlmxExky9alSc/YUSwAtP92I3h4lxuHRsZEUPb2dRtqbR",
-	"hMv4+SxjZSBcdvUZF2aQ4wTzbbthK8qyhlWGKhJlBk4xw5foihv8YcaH4JNkj6TtHiiEayFvxKPs8eG2",
-	"tI7qR5ob2ZNV6kHBRWUwKLhQeea4vCCPRUzntappD7X6LiMeRGpeyYIG5AvPBQN6RLNiRQs53KFtXLAK",
-	"q7cWZGNpN494jcS6kpQO/0xwQdxWofPZn7x6gOTmR0f7ofFRHF3IaxSOpnSZ4avrf3pt2ex0Jm8ESJHg",
-	"K9DG5n1S5HcurGdMZ9GmTrPvE7jzl4m2iW5SKW7uzolvvjWGTKGaDrOsK3f/mh6QGVO64RUXIxlyGKWS",
-	"bjry8eMnFy+o5nEwlMaXSqZVwq/yOypQ6zGQFIZxgcrVzy5DRN0XuRzrGHy7KQamDB+xxHgwywuo51Xk",
-	"nnCC6o7ub/dFXxy7b762qESKirJrVxrB8HVlMqn47zaj6sEbS6uPfJZz9iMO2/Aa7He4wlyKse2Hsr4g",
-	"JtumAbICNFKBT1LiRgPJz3Jhhwlb9VugZ9pmSkzoGyL1sHu424aLDIGlBRd94S7ZcVXF63efTj4PLr78",
-	"9/HnXaKRjVHbUxzxFlY7Mm2v2TY4hqtGlEPYOfvbW3h5+PyXXRu7Yb7pO7Rd3yEd3Rf0aOjytaH35FIg",
-	"2LNRu3aE7986iVMsR6WdDnTbe+2u7fmVKFjJo1500O62D8jVMZNZVetkdlTzO30eu9hLBmPxPkmjXvQe",
-	"zQcPsjCa3e9214xltxvH+oFRaBqb8wnOGUrU+3pJHr4omLqLetFHPkGBWvfcPFPJBLWuZdu2r3YafdJV",
-	"VNY90o1UGrw1nTJnfIG+wCh7nhSPBPhs7VTJAk2GFWnTrQHv/9eR2njFH+bp8xJu37EiX0fklxLF69OT",
-	"7URZH7oFqUSfvwtSmVQ2wq6j7IIy+BrSE6WQpXdrNfPMQfxLFNNiR9b1vHvwM+wAUixRpCgS24dJKaFb",
-	"x1HiDXd28U4m16hinzNKhc5xkb9zDt73ZFmSsascPfsne51GfrTadj5ybY6bgE8Ux1P64M11iKWM/oH9",
-	"7pCoQz1MO0457O6twmnKhMayybzKzy0qaBenCnZnW4RhIXS+0bP7jl08sMySOiCSN/T4eD65bSwOfQ2u",
-	"9PiccfVSz4Yu1/3lj3OdpKuWZpCVKSvb8+MGMlaWKLTVbAEMcqYN5Fwg9CMCN3Dx+j2cfHr9/nhw8q4f",
-	"ucanbWv1oN1u96PtZUjwB1vCH24Hv7//WJ2ygocVqzDTTkkmtYEdm+vsut7mHG+1US67cYFppom2J77O",
-	"DZy5pnlI136rUN3NlG06OHuQW5zN8O7j8Hm2IJs7b9pffd7sru5v7q2Gmm3DxiRtWJffpcIJl5WGko3t",
-	"PkwALz98W2FGR4ePsaLHh5d62hiML0QFkWalbNW2u6WaP8kVzvJyHYPAG6oURlxp0r946ufmkR4WVW54",
-	"yZTpUPbUSplhQ5dVU55MD2CoS0yGsMPgv86/fAY/y9y1IZCApIKCQiIB674YjniOehgDRUNgYFurN5nU",
-	"aD+SWGHnJuNJZl21L5hg2BnaKYuurlojmaeo9C5w3RdUhJCfrbM+VYln2s5WKNtPucLESHUHw9mIcOgS",
-	"+3nzcjXtWSW8i0Zt3sj0bkE1AvxYF1wtrXPBddqEuOKCWUXe2LarB/2L+kTsbqFIZIppzfaN9bIfpDvE",
-	"wrF5PkDdL5nL3vc0l5Cp+LHKDzeRR0SavW3hn/+syHReXRXcALM9gbmI0vnG0/u1Wb5V+oWgEsJhBtJx",
-	"m9E/2pmuSlWUW8f48eqxTWJxv8T0jhvsrc4j39rn35X/+z+a/44mmK7dwI5U09kYy23ZBlRIpa9sh8hm",
-	"IqDZnQbr1nf/FJKzDrLzjSJL03YWw6PvyLVt5ymGYS7HbXNr6GPdQKgfKdRVPoPUZK9ak1ja7fYw7ovh",
-	"tOln/+MaZja0LQRC92T4P623fvH6/MPr/edHQ8iQpXajQCleL/W43XYroGn/0K5IhIKgcwZ/c036Rylk",
-	"HCx9/LeHlT7d/cMNiypbuh2ZGDQtl3XPq//GaBx2P3aK8YfTYoJ/+djw8UU4sqaTdptG+fZFCm6ZNBBX",
-	"Orkcr7SP09xOUfHWuN5Ivd8/LYQkjJhqwz8ooRyOZJ7Lm7+SagxjOEc1QdU6p7rqeEI09PrC5oxkZEPA",
-	"ifvxgV1B45pqsqwS14S/P33HLSdRuap9c7eUWvOrHF9RLUtlrJyg6os9+MTfEHaoXa8eE9QugyUPNuTp",
-	"0FVxd8a2kjUaYCODCrh5ZeeDQmBibGLcF8OPTJuWxbl18m4IRgLZfoFteA1u+jxEkXoSmtbquW495mrz",
-	"/Gi3yp9knQtFlON8uLrz86nlibc/yvmc2VlzxEerfrPUbb28/LYX770M/kjpgY0Oy7+gXS/nwE/qjJCO",
-	"//GC1mKB55THKf/MUu2C1dqmwoWF+Bc2Fe32w/frJlpPM/1l1tML5ysUSVYwdf3M7dHqaXf37emvbqPN",
-	"jsMXeL4x7b7wWyJbGbL/0eAPTbydPMKMNV5WPykhm3GyM/s9wzqG+t8zPJatS80pu6nQ0kiwlOxmXBhw",
-	"iwiwswelxiqVVILHsA+NV2M4gIIL3ipZiWr3FQgp3ParkPYQvaKhVT8L+s2dr3utg8ud2P7Z/ffd/3yc",
-	"92yqxm3LMPVdsqKr6U9J/h/lRf/ImKkn31IBG1PIVpggn6CGlt2kV/P7Qo4vPuPJpEbhBO7cBtPXtgYI",
-	"eYuOqxH0JiU/82BP0PIf3uP9Uzdr/Q7yz+nUPjnw+85uA2m3dU6KtdTqrZUOmf+xXrgxYbuhF265ZnU7",
-	"9AkxZrYa9ZObjpaoUF/DLzX9EduOj/dfjse1B/MzqQU1qIeebtNmo1LYVavvMvB84Hrb5Y/UhuY+2yat",
-	"+CONMcNSdmtsfonL/SplTvC2c+Secg2z9bu2o72x6zDbkvt6SRLQth53sq5U7lfkep3O3v4v7W67297r",
-	"vei+6Eb3l/f/FwAA//8=",
+	"7H19c9u2svdXwfA5M5GeS0uy46SNMmfuOE3a5t4kzThpz52JfCWIXIk4JgEeAJTtk/F3v4MF+CaBenHs",
+	"NO30r1ohCAL7gt397S76OYhElgsOXKtg/DnIqaQZaJD46wea5ZQt+euX5hfjwTjIqU6CMOA0g2AcsDgI",
+	"Awn/KpiEOBhrWUAYqCiBjJo3FkJmVAfjoChwpL7JzVtKS8aXwe1tGJxDLqT+0Y1z3/hXAfKm/oibpTlx",
+	"DAtapGbmfyrBgzAAXmTB+FP5M6PyMhZXPLjwfrR4wB19pOryrrPnVGuQ5rX//USP/j06enbh/juYHl18",
+	"HoXHJ9/d/s3z2Vszq8oFV4CMey/FPIXM/BkJroEjcWmepyyimgk+zO2I/0CCjT83FvE3CYtgHPy/YS0Z",
+	"Q/tUDct58YsxqEiy3EwXjAPKCUgpJBLBjTfTnRUxw6/nUuQgNbMrjCiPIJ0aWoDShhify13NhUiB8uA2",
+	"DCIJVEM8tcJRET+mGo40y2CTFGGwYJyp5MCXWLwHd8NAFDoShpOfK4mTkEsRFxGYF2LJFmYzF553cymW",
+	"EpTaRWMk2PtyMHKWOiZtzClRfaxGNJmhEyBURglbQUzcoGpJYv5PiHT9+jQVVij8nyg4LplpyHauvTww",
+	"zgtkn5uMSklvzG+lqYZ95/iAg81bBS54uiePyuGXjMctRhXmZFiBZAunBF42aaCZhxC3Tb39ZBUZh659",
+	"sLXccsctQQ43Zd9R+cLDIpSGN0x5VKjiyF6ssXroYQqHaz2NCqmE3GPf+KnOhb5vyPiavicQXVo13yKq",
+	"84LHKShCeUxYRpegyBVIIBKOEmqUGp9kVEcJNJjfPDEKKYHrqeG2T5xjwaHxgHENS5BIF6Fp6nu0RoJy",
+	"J26u8sVOmpxbNuMBHMfMbJum7xvEWdBUQbhGr1QoNdUiBWmEpWXzRoPR6OnG8TtXIi00hERwYmi6YJym",
+	"ZEVTYqZCm3jNMqMKx6MwyBi3P8xko9HouFo9L7K5JUhGr6el9rc/JhaEkqYmjQ2HZMEJ1SQTShOdMEUy",
+	"ym8IztD4+knz6/VnG4xwrNswL/WBVnCihftkEO4+Esyp30nM43VSSkipZqualFpSxokzHQeTsXXibO6L",
+	"xBCxGOI1ejKtDPNYTCLKY2aMF5KSUKsOe+381iOTL1DFNhV0qxHIKGcLUHqqEnry5Onuc6KabfNdn6I0",
+	"7cbmObffuZ9TJv2avcWAKoD27Izrp6eBTywVi8E/xz5W7byoDRrK0xSF0p7btY8iinnacFAaUkTTKSry",
+	"PsN9xgqXXy52Gw8+lNtpGE5utlodeNbPK+1Yh7vziq+YFDxzvue696dpKpYFbCrEQooMtS5nnIMRfzeU",
+	"9CBVRvaXTGmQxlrckEjwBVsWEoWt32ERYuo3Bc3vep4nVMZXVPqZjtbJb83wkVXWQgHp0cYeoKbKI0Wc",
+	"b462jWi67PvkOhXdhtM8I8xMlOUpaBgT816kybxgaaxIz5hLs5I+oVEEuSZMe4lk45PPXq/VePxtP2Pz",
+	"gF3zKfIbnXS6rJGQsXe+pjFem1ALGSW7jx3cRskcn5D/DDTVSYd7orptdPee67mNahWqqTniMgiDgtMV",
+	"ZSk1muoNR5sbcHP4lv4GaAxyLqiMN9efS7FgKexN8W1HVeND5/iq15WPhIQ7zfnBvOnlMZVL0NODTjrz",
+	"lrrcLRg4avMTYUW4mkzV3nYwwdFmU5TYNGHLZP+jPWLTVFztP945DAfFt+hO5mbj9szd4zMZ0EONFL5y",
+	"IP9EepPlLJriu3t/qfRLPWY6B4iLfPO8nFMFKeNAzJfQmyPDhnNV/WvTrdoidv4wcdPd2+2iNeW09XYV",
+	"YbZY0RSYsClta1x2RGrJyw6Rtqq5IdFz470tlNyTNzjcOfE7vbbYORv7ibE/HEEfHWj2SBFU3ZioYp4x",
+	"pZjgioiFdeLdCbBpavYK+B0nKlI0tlkTusu1egvGKnuiYrjWkm6zOvtI4vrXMPKbWifzAEW0rx2ovUoU",
+	"Mmp5i6lYosTijqfubOXGcfR5iUpDrrbE49NtAw52o33UakClbd7EoClLvTqODnDb+LXfXTBI4w5j3BGL",
+	"rMmbnaEa75OqdftZfXRTO8RiATxmfElwUEiuEuBEcDDOoxZkntIOhdsSOlXujoc1THc4I/Yfdmobvh9u",
+	"c4e8oeK8Cm63OSMuBL4NHxCFhmump5GIO8CmhwSp0ft1aKnHEVhOtSx4RDu3m9Wn1TYqloeaseEim16y",
+	"NO2asQzN24LJtCJnwxfEPCWMr0FK3rM6p9LFk5sy3nw5JLSImSZCEroEri1klDCFf8whFXxpBH8f8Cgv",
+	"ZC5U64yrzQtGwSmby3LNa1vAZZj/ag1Zrr1n4DYdKw3yNkZUDnWJUGySOadSGysoYVy7PCEpXaKQSJCF",
+	"oZpbpu+kziHaB+Qww+zpIA/VmcOBlC4nzHwhnopC++RxG5Tv4Hrc7C7UvuNUug+wviN/ck9QfcmmXYh0",
+	"W44a0AWi8JHIMvNfC0ja75KCp6AUOlvGtCzZCvhzQu0/oBLSS1BGFCfc/Nsj1YREwnLS0PrnKcuYDslP",
+	"73+1KYGYakp6lBj2EJ1QTUzAr4gwoq0m3Og3LArVWEgCRIFcsQgITVNxpYhYgZQsBtUfTHiwjru7BXiA",
+	"WrlchbgFxsnwSshLldMIyBXTiSg0oUQlkKZBWHM4o9dvgC91EoxPR8+ehj5c9fq1HX3y5CnCye7n8Sbz",
+	"ga+2eYqNjz0++e7p9/6vNd85PvneIxzQxu3W0eoG/NYUCAe8NBaBs2eMV7+9RjJKC8VWMOUi7kDTDMWX",
+	"oC0rrxKRAjGDjdfCtIJ0QXqaZca1QZzrOXHQPtGyALIQspI95UW+lnkxzUQMqf/zP73/leBjUi6GA8Qq",
+	"JFSRd7+9feMkkGnSg8FyQCbBu99ev3x9Rn4+Ho3I96OfXpCfX7x9PAn6HvJsEGSZF574JhFXNpeCitAb",
+	"4a4o+eH9r2ZB/dCYuUlA03QSEEzNGAI9Ukbv3GlFuCBGZEGa458oqpla3JCGvvROT07MEgWHXxbB+NPn",
+	"OtHx9LSZ6PCY5dow0jT1mLiLthWtizdadrS954ZVtVBqDxPtyExFyqfQJ0rTG+PfEgmqSLU9KNI6plXP",
+	"vZ4Bnlyla2CzKhmVlxZVtp+y4tUoLuk0+97IBnygbU6VobYW9mTCJ0aUzl+9P/9l+uHVq5dNl6Q7GVGi",
+	"XuvqibL++iVBFH24Oh4ivZ5XwsuqEJkuKePKAcI7BdMcx6LQUwWR4LFqsfHx09GokRf7/unpaEeO77bD",
+	"KK1nHv5VQIGZ1lxCTqVNQtTpCJsQtH+rIooAYhy9oCzFP/ZKVHSAHncKhx1Isp7RoBHKsVgQh04RCZGx",
+	"QxCPSQ9dJXKEukyG9W8LVvafk5EN1xjHhOB++BQXTMF0kQrhWVFTuXBgCZJIWIAEHgHaX3vKUdLcgBm1",
+	"pPl+i2ig0psna5leIW5UJaNXVOHnY9KMAvbyl/UUiefwgPW0bnNv5V4ssS32a/O9TJEaFN4Hf5k6VHn/",
+	"j9oXvuyr9wmW3zklyTxHXLvwgEyK0ehx9Pdyz5iRoo2UOjpQzCba0d/zZfH8aH5NsEoxlPR6vB/dvteT",
+	"PpQv/TBFww3cP+tl3FMF2g8Ztd2qTsu/edQnjOtpCitID02adUAA23JFVn1kldrw4OsF0/Bgymdx2keV",
+	"MiBSJYFccnHF76SP++vStl3fUd2MPqFQTzPGCw1qj/oim61HKq/xY32lbalq6kMpvr6Ml2dRbSHzKpCL",
+	"tNcU6A7AWEem2Z/IbXyga1U/4JADq6vKRWyLwc3k78w479q6lvPOzdxdymsreZ+e+Ap5w+CjuARu9+TJ",
+	"LXYDHua1TbVTibjiRPAInhOl0e8TPL2xZj2hKtmZkHLAiJ3ft+nf1vJdf4Yy331LdZt7v/+KXdJbgYxZ",
+	"pNFEYkWY0iZy0yxSIYEVyBvrMJWPLfzd/+OW+nb7J1vSrYZEzajBhnu2rBbM/vFPxiPBHdywuw6jCQo6",
+	"b+OLS3mb0nIfIGFL8x4OLfQK+aai37nu9g6lCZ2lupU8TJWYLuge+95Zw9vc/t1KeUuUfeotbC0UVJmJ",
+	"R6o+A2qwwZzW5nioChh6LvQeNx2mpi/V3yevUeUBvnRddQ0F40oDjY17ZxwRtc8yMno9tQH7tIwz2wW6",
+	"4YZNM0GjWKwXxiIenNEbYmYjc1gIaWPKKKUss1hXdRpUaMVo8OyZF966YxT7nGSF0mTuiOew50fKwW/q",
+	"UcW9vQDBuuDBkeN4gx64ebEgQKOEuCrPRpFyE4o52R9KKiWLXCUCqy7RR6/JOQeq1aGIry+M29Q5BM+i",
+	"QjJ988EcdWURCpUgq1Yl9CDsP1UTJFrntjWJ8YXwBSG5FFZY3rx5a2NQxpcOhlOkbOVh8/SGMF5VoAqu",
+	"KeMgLbboNEFNeCqWKiQuXRoSKjVb0MhBkNa/ImX1M3KotNiDCZ/wV/aXA2gLHoMkw9WxxZfJ7KzQiZDs",
+	"364e/AXu1UXT6I3hnzAbkDOCvxtpTUIn3BgvzLwAzYgCUNbzM26C8Qktpko5pk7K6hms4Ofqymz1dHTa",
+	"H5CPxi2JM8Yn3H6kZ5HKs5dvX7+bfvzlv1+965s9YquGmcVuHscqu02slUCAddbVgDYjvfMffyDPTp98",
+	"17feTLtoYYZVCzMz9YSbRzPrYc1cdCg4EJwblM3puPoDy3GblVVWBkaD48EIc9Y5cJqzYBw8HowGj034",
+	"RHWCojZMsEr03+bvpY3nzXmO634dB+PgJ9A/uyFrjXcno9GWprvDmu1craqv1y41TkxTUYLxpwsTNWYZ",
+	"lTfBOHjDVsBBKWsicikiUKrk7QBfHTby/F27LHP8O3ep4VoP85Sytf15GhXbW3GLIA4Bei9FBjqBwkjT",
+	"tSbOfGzbauMVN5nbn+Pw4IZm6bZN/pIDP3v/+jBWlpMesFWzP/ctEouowKh9284+GgtSjnSbkkDjm62S",
+	"eW5H/C6Ciasz2vVk9Phr6AGJIQceA48wmYUtv9soamjDrF68FNElyNDhUMZXwIOrDsNcYptGCZ2n4Mi/",
+	"Oh5i/qhba4xnf2aHhK126k/+7mZEYvzNzU9Grb6pnUkV/wdcBND8QsNoPz3dtNIXDyg7dT+jl585XaJv",
+	"54h8Gwan9uO+OatF1n3JZvzxAeNv2/pW1ZHa74eEw5WxzgsmlSY9XVpDa1BpmvYH6CEK5QnpXxmHzCXd",
+	"XHtcFalX7rRtFulJcPAMs8hoIpQmKY0uFWG6H7bemXB0rkOzCNsQ2czEr6hkRmBVWCUWaid03Vt1Br6a",
+	"eKP/smw3c92XSIdx2bfiSjAEMX4HSNeXqXCxzmFkinDj9ky4pUBYaxmmYYEbX8e1Tc+IojfG3l8lLEqs",
+	"JW8rlwXGzlxRlfOdXoj45n7ls4zzbtseq5YF3G7oxvH9ftunF66Y6uHVIQxOT07uqj7nrgV0rVOzh8UK",
+	"zRy89TRVvywjyqncOF+Hn1l8u83MlUKwdsT6Fl4PGTZutHj4Y67LCaBlK/aDM3N0eggzPRwYWoAL8R53",
+	"yK1pJD5/CGacPDwz7OZIjd79MXhSY8hbleO8vPfh7lwJd45uXeDyxSq1iQRgYFFd53K4w+1o9c0x1ox/",
+	"dhdBaNj67U7oq+bAL+TLl8DUzUbgDZR6TxTaF2n46hDVPXiAzeksTJLRGyzzq21Uc8zws3l2O8SW2+6D",
+	"8oV5/Kqdr/VEB+37glwatPvGoB0A4h4KeefIHSFpsykiCp0XWMbGNElongNXGFhxQklKjSfLOJBJYIZr",
+	"8vHsJ/L67dlPr6avX04CW7yIlVpjMhgMJsHdlO/xwyrr3d0iZDzpaAKvfHR0+HsYXPRtuV6LtkpLC65Z",
+	"XKSWxLTdFdxlEJrNw3uFpS7p9ZCSd3eD3txNh2Q26fLtWfWmfJyVGZwyb+liJ0V6C6p0FX5ad3kOPEqM",
+	"PbR1nIr05mbEjx/OSe6A3H4tHWX6oNNInNuy6D0EomqN2ItDdZdGFyxxr7jHJv9njeznrKw3yiWsmCgU",
+	"wgyYE/7W4ZKyn2QrWIJc/t2gEvP1NlCyBROZZUWqWU6lHi6EzI5iqunMwiKCg+1TmqkcohnpUfJfH355",
+	"R1y3ihV/M0hIkglpB6sJnyEaMgttAoxi5tFlrcyfhq2kh4gCGnKXzSGz4Qzr6FUxP1qINAap+oSpCbf9",
+	"UjopIWmb/7wS8pLxJYmZhEgLeUNmdRPIrBurOLcNwp1IhYce21wvm1Ztul5VgnXOOEVB3lmnWLZyrcuT",
+	"IfcR8EjEEJdk31kg5Fql7ML8ntvXQ1CwGGVTVVwd+VexAwf6IceHjn/ytfyWD8U8Y5pQTFi2LMpObMYK",
+	"/WFhp72U86EP084w0VYxfaPBf0X0PeGYe6X/yUPTfx2FQcSwbAagKeaUCPAY4udVERwQRW+UBYr7fwjO",
+	"4QE5/GwsS1N31s2jKxcYYFo8JLNULAf6Wps/y+xm+cg2PFU/68Kc4WAwmIUTPqsqEvBfLNiPpm3NENon",
+	"s/85+sFdSPXh57OTJ09nJEEvmkRUSla2bdpr3JBBVXEDNsH5jKA9DH60Vcl3EsjQGxi7X/uFJ6OT012F",
+	"KYcdOyLSoI9sTNYW/53W2H/8YH3RHx+japqPX7jdVtVa1C4js5kmj10ZpmLZqR/vU2wbgWttE7flvWdV",
+	"mCzIgsoB+YdxKGcLkabi6u9GNGYh+QByBfLog4m6X63MHsYTjj6jUbIZgZW9lA2bjJkyEXtS8Euzfjd7",
+	"z7afpoyDcpUnuVCKzVN4TqgFOQQmu47JW/bCrA6ULSSCCFy+w5xgMxbPbIx/o7HORYEmdKFBEqafY/zH",
+	"ObjC3wmfvaFKH+Gaj16/nNm7L1WRwYCcuXs+Z8Bjt4Wmtjqq44nZrZ5v8MqWL9LOjSu7DeX90Z2rkdxs",
+	"8XFT2TOnnqu1+aDruuzR0bOLz8fh8TPv/dh7wmBIP69eey7W/BLczMj4t41KfKyExwp/ranYUboVVPiI",
+	"I35HyBnbve4Pa7ZFruWNlV8eOFcYziPl+pnLpPgP73+1VZfY/7NG851u90fXFneQIrv76h/U8bb88BNW",
+	"O159JYespuSwvixoG0HdZUF3JesGOIWtWUcKzFjj7CaMa2I7r0jvmOQKiliYEDwkJ6Txakgek4xxdpTT",
+	"HGT/OeGC2/sNuMBJVAegVT7znpu9T8dHjy96If6n///7/3m307MpGtdHmsp78Yrm1T1NfyK/6B8J1WVZ",
+	"bn09EUTAVqDIEd6VItsNkpYuzuNJhAJuGW6PDaouMQbwnRZDdynCLiE/d8O+QMr/qm3bBta6Sxe+DlL7",
+	"xYa/fZli2WBgb5fYgHpLoQPqbsLzAxOIhn60HVUPUbjV6AX9yqAjbsqHa7guzm8Rdrz7+WVpXJ5gLmO5",
+	"JgZlSty2AewUCuwtvZd0+J79vBcPKQ3NBt5dUvEtJbn9XLY9Nq7DxN471GI8Ikf2KVOk7jeuJaJZ+bc9",
+	"bvitNfKQNPX+aem/LNV66+ju/GKbg79borG1jC8rzb5DGtLTB4qATti4am7C8WY6eyXYrNVgOQvbvZKP",
+	"lG2RJFQRl8G0CU3So8opmiycgk143etYhop1N2hHEyheCzZrNp/OzIgKJe4TKsEhYLLgZGbs/Mxe/FNe",
+	"xqFoBq5zMSRGxmUKdAUxORu+GJ4NX3i70MUVn3AFENs6lrKJ3WJC7kq+HCC28IIsDBV6CmyzZpPMxIpr",
+	"vzu7+lv7ts0/YJrV1168V8r19061trvPf9+a9T9P0hWpeoMX92H/BDbbdtjSnXjQmnZ8m5Xyu+Ro/Wrf",
+	"b76aq7nY+lAsrxQJ3X2DPCY94yeV//unvuuayYXUA3cqNErBqASyYphqIFq4U9fYxW2ysWe2+AHF5OSr",
+	"iYk3icz0Hz1/7GHq7ur/tk35qwngz9MEsO4Zr90YhPc1orcqJHnr6DWwVGm0xNaXKXy6MNxSmBm1clHI",
+	"1N2kMB4Oj0++G4wGo8Hx+PvR96Pg9uL2/wIAAP//",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -14,6 +14,7 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # 1. Debian packages.
 pkgs=(docker.io busybox-static make git curl ca-certificates)
 pkgs+=(debootstrap)   # scripts/base-torch.sh: the cpu-torch environment's local base
+pkgs+=(chromium)      # headless browser: screenshot tests of the HTML pages (service/pages, testenv.Chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

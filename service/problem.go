@@ -9,6 +9,7 @@ import (
 
 	"github.com/repro/repro/fault"
 	"github.com/repro/repro/store"
+	"github.com/repro/repro/verify"
 )
 
 // FieldError names one offending field.
@@ -77,7 +78,10 @@ func (s *Server) toProblem(c *echo.Context, err error) *Problem {
 		return p
 	}
 	var mbe *http.MaxBytesError
+	var ie *verify.InputError
 	switch {
+	case errors.As(err, &ie):
+		return fieldProblem(http.StatusUnprocessableEntity, ie.Field, ie.Reason)
 	case errors.As(err, &mbe):
 		return problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("the request is larger than the limit of %d bytes", mbe.Limit))
 	case errors.Is(err, store.ErrNotFound):

@@ -53,11 +53,11 @@ func (s *Server) CreateRun(c *echo.Context) error {
 		return fmt.Errorf("staging: %w", err)
 	}
 	defer os.RemoveAll(staging) // renamed away on success
-	specRaw, files, err := s.readSubmission(req, staging)
+	specRaw, files, err := s.readSubmission(req, staging, true)
 	if err != nil {
 		return err
 	}
-	spec, err := s.checkSpec(specRaw)
+	spec, purpose, err := s.checkSpec(specRaw)
 	if err != nil {
 		return err
 	}
@@ -70,7 +70,7 @@ func (s *Server) CreateRun(c *echo.Context) error {
 		os.RemoveAll(paths.Root)
 		return fmt.Errorf("run dir: %w", err)
 	}
-	run, err := s.store.CreateRun(req.Context(), store.Run{ID: id, TeamID: p.team.ID, Spec: spec})
+	run, err := s.store.CreateRun(req.Context(), store.Run{ID: id, TeamID: p.team.ID, Spec: spec, Purpose: purpose})
 	if err != nil {
 		os.RemoveAll(paths.Root)
 		return err
@@ -89,7 +89,7 @@ func (s *Server) tmpDir() string {
 
 // readSubmission streams the multipart body: the spec part into memory (bounded),
 // each file part to its path under dir.
-func (s *Server) readSubmission(req *http.Request, dir string) ([]byte, []string, error) {
+func (s *Server) readSubmission(req *http.Request, dir string, filesRequired bool) ([]byte, []string, error) {
 	mr, err := req.MultipartReader()
 	if err != nil {
 		return nil, nil, fieldProblem(http.StatusBadRequest, "body", "not a multipart body: "+err.Error())
@@ -142,7 +142,7 @@ func (s *Server) readSubmission(req *http.Request, dir string) ([]byte, []string
 	if spec == nil {
 		return nil, nil, fieldProblem(http.StatusBadRequest, "spec", "missing: a JSON run spec part named 'spec' is required")
 	}
-	if len(files) == 0 {
+	if len(files) == 0 && filesRequired {
 		return nil, nil, fieldProblem(http.StatusBadRequest, "files", "missing: at least one file part named 'files' is required")
 	}
 	return spec, files, nil
@@ -193,24 +193,38 @@ func cleanFilePath(name string) (string, error) {
 	return clean, nil
 }
 
-// checkSpec validates the spec against the contract, then what the contract cannot say.
-func (s *Server) checkSpec(raw []byte) (store.RunSpec, error) {
+// decodePart validates a JSON part against the contract's schema, then decodes it
+// strictly into dst.
+func (s *Server) decodePart(raw []byte, schema string, dst any) error {
 	var generic any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&generic); err != nil {
-		return store.RunSpec{}, fieldProblem(http.StatusBadRequest, "spec", "not valid JSON: "+err.Error())
+		return fieldProblem(http.StatusBadRequest, "spec", "not valid JSON: "+err.Error())
 	}
 	if dec.More() {
-		return store.RunSpec{}, fieldProblem(http.StatusBadRequest, "spec", "trailing data after the JSON object")
+		return fieldProblem(http.StatusBadRequest, "spec", "trailing data after the JSON object")
 	}
-	if err := s.valid.schema("RunSpec", "spec", generic); err != nil {
-		return store.RunSpec{}, err
+	if err := s.valid.schema(schema, "spec", generic); err != nil {
+		return err
 	}
-	var in openapi.RunSpec
 	strict := json.NewDecoder(bytes.NewReader(raw))
 	strict.DisallowUnknownFields()
-	if err := strict.Decode(&in); err != nil {
-		return store.RunSpec{}, fieldProblem(http.StatusBadRequest, "spec", err.Error())
+	if err := strict.Decode(dst); err != nil {
+		return fieldProblem(http.StatusBadRequest, "spec", err.Error())
+	}
+	return nil
+}
+
+// checkSpec validates the spec against the contract, then what the contract cannot
+// say; it returns the run's spec and its purpose.
+func (s *Server) checkSpec(raw []byte) (store.RunSpec, string, error) {
+	var in openapi.RunSpec
+	if err := s.decodePart(raw, "RunSpec", &in); err != nil {
+		return store.RunSpec{}, "", err
+	}
+	purpose := store.PurposeSubmission
+	if in.Purpose != nil {
+		purpose = string(*in.Purpose)
 	}
 	out := store.RunSpec{TimeoutSeconds: DefaultTimeoutSeconds, Seed: in.Seed}
 	if in.Environment != nil {
@@ -224,7 +238,7 @@ func (s *Server) checkSpec(raw []byte) (store.RunSpec, error) {
 	}
 	gpus, err := gpuCount(in.Gpus)
 	if err != nil {
-		return store.RunSpec{}, err
+		return store.RunSpec{}, "", err
 	}
 	out.GPUs = gpus
 	if in.GpuModel != nil {
@@ -235,17 +249,17 @@ func (s *Server) checkSpec(raw []byte) (store.RunSpec, error) {
 	}
 	if in.Task != nil {
 		if err := s.applyTask(&out, in); err != nil {
-			return store.RunSpec{}, err
+			return store.RunSpec{}, "", err
 		}
 	}
 	if out.Environment == "" {
-		return store.RunSpec{}, fieldProblem(http.StatusBadRequest, "spec.environment", "required (unless the run names a task)")
+		return store.RunSpec{}, "", fieldProblem(http.StatusBadRequest, "spec.environment", "required (unless the run names a task)")
 	}
 	if len(out.Command) == 0 {
-		return store.RunSpec{}, fieldProblem(http.StatusBadRequest, "spec.command", "required (unless the run names a task)")
+		return store.RunSpec{}, "", fieldProblem(http.StatusBadRequest, "spec.command", "required (unless the run names a task)")
 	}
 	if _, ok := s.cfg.Environments[out.Environment]; !ok {
-		return store.RunSpec{}, fieldProblem(http.StatusUnprocessableEntity, "spec.environment",
+		return store.RunSpec{}, "", fieldProblem(http.StatusUnprocessableEntity, "spec.environment",
 			fmt.Sprintf("%q is not a registered environment (registered: %s)", out.Environment, strings.Join(s.environmentNames(), ", ")))
 	}
 	if s.cfg.GPUCheck != nil {
@@ -255,16 +269,16 @@ func (s *Server) checkSpec(raw []byte) (store.RunSpec, error) {
 			if out.GPUModel != "" {
 				field = "spec.gpu_model"
 			}
-			return store.RunSpec{}, fieldProblem(http.StatusUnprocessableEntity, field, err.Error())
+			return store.RunSpec{}, "", fieldProblem(http.StatusUnprocessableEntity, field, err.Error())
 		}
 	}
 	if in.Env != nil {
 		for k := range *in.Env {
 			if strings.HasPrefix(k, "REPRO_") {
-				return store.RunSpec{}, fieldProblem(http.StatusUnprocessableEntity, "spec.env."+k, "REPRO_* variables are set by repro itself")
+				return store.RunSpec{}, "", fieldProblem(http.StatusUnprocessableEntity, "spec.env."+k, "REPRO_* variables are set by repro itself")
 			}
 			if k == "" || strings.ContainsAny(k, "=\x00") {
-				return store.RunSpec{}, fieldProblem(http.StatusUnprocessableEntity, "spec.env", fmt.Sprintf("%q is not a valid variable name", k))
+				return store.RunSpec{}, "", fieldProblem(http.StatusUnprocessableEntity, "spec.env", fmt.Sprintf("%q is not a valid variable name", k))
 			}
 		}
 		if out.Env == nil {
@@ -281,7 +295,7 @@ func (s *Server) checkSpec(raw []byte) (store.RunSpec, error) {
 		seed := int64(binary.LittleEndian.Uint64(b[:]) >> 33)
 		out.Seed = &seed
 	}
-	return out, nil
+	return out, purpose, nil
 }
 
 // applyTask gives a task run the task's environment, command, time limit and GPUs.
@@ -500,6 +514,17 @@ func toAPI(r store.Run) openapi.Run {
 	}
 	if r.ImageID != "" {
 		out.ImageId = &r.ImageID
+	}
+	if r.Purpose != "" {
+		purpose := openapi.RunPurpose(r.Purpose)
+		out.Purpose = &purpose
+	}
+	if r.ParentID != "" {
+		if id, err := uuid.Parse(r.ParentID); err == nil {
+			out.Parent = &id
+		}
+		side, pair := r.Side, r.Pair
+		out.Side, out.Pair = &side, &pair
 	}
 	if r.Reason != "" {
 		out.Reason = &r.Reason

@@ -24,6 +24,7 @@ import (
 	"github.com/repro/repro/sandbox/gpu"
 	"github.com/repro/repro/store"
 	"github.com/repro/repro/tasks"
+	"github.com/repro/repro/verify"
 )
 
 // Pinger is anything /readyz checks (the Docker engine, for one).
@@ -46,6 +47,7 @@ type Config struct {
 	TaskOverrides  bool            // let task runs name their own environment, command, limits
 	EnvCatalog     *images.Catalog // the pinned environment catalogue (nil: none)
 	EnvBuilder     EnvBuilder      // builds catalogue environments (nil: no builds over the API)
+	Campaigns      *verify.Service // verifications and audits (nil: refused with 503)
 }
 
 // Server is the API.
@@ -81,6 +83,7 @@ func New(cfg Config, st *store.Store, ar archive.Store, log *slog.Logger) (*Serv
 	e.Use(s.authenticate)
 	e.Use(v.middleware)
 	openapi.RegisterHandlers(e, s)
+	s.registerPages(e)
 	// Bundle paths contain slashes: a wildcard route beside the generated one.
 	e.GET("/v1/runs/:id/files/*", func(c *echo.Context) error {
 		id, err := parseRunID(c.Param("id"))
@@ -117,6 +120,13 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		auth := c.Request().Header.Get("Authorization")
 		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if m := c.Request().Method; auth == "" && (m == http.MethodGet || m == http.MethodHead) {
+			// The pages' links (bundle files, reports) carry the login cookie instead:
+			// only for reads (it is SameSite=Strict besides).
+			if ck, err := c.Request().Cookie(tokenCookie); err == nil {
+				token, ok = ck.Value, true
+			}
+		}
 		token = strings.TrimSpace(token)
 		if !ok || token == "" {
 			return fieldProblem(http.StatusUnauthorized, "Authorization", "a bearer token is required (Authorization: Bearer <token>)")

@@ -119,7 +119,7 @@ func (s *Server) GetTaskResults(c *echo.Context, id openapi.TaskID, params opena
 		return err
 	}
 	p := who(c)
-	f := store.ListFilter{TeamID: p.team.ID, Task: id, Scored: true}
+	f := store.ListFilter{TeamID: p.team.ID, Task: id, Scored: true, Purpose: store.PurposeSubmission}
 	if p.admin {
 		f.TeamID = ""
 	}

@@ -53,7 +53,19 @@ type RunSpec struct {
 	Seed           *int64            `json:"seed,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	Task           string            `json:"task,omitempty"`
+	// ImageID pins the exact image (an audit re-runs the archived one); the worker
+	// restores it from the archive when the host lacks it, and never builds.
+	ImageID string `json:"image_id,omitempty"`
 }
+
+// Purposes of a run. Only submissions appear in a task's results and scores.
+const (
+	PurposeSubmission   = "submission"
+	PurposeCalibration  = "calibration"
+	PurposeVerification = "verification"
+	PurposeAudit        = "audit"
+	PurposeAttempt      = "attempt" // an agent run's attempt
+)
 
 // Run is one submitted run and everything known about it.
 type Run struct {
@@ -76,6 +88,10 @@ type Run struct {
 	BundleLocation  string
 	ManifestSHA256  string
 	Worker          string
+	Purpose         string // PurposeSubmission unless set
+	ParentID        string // the campaign (verification, audit, agent run) it belongs to
+	Side            string // its part there: candidate, baseline, rerun, attempt
+	Pair            int    // its A/B pair in a verification (1-based), 0 otherwise
 	CreatedAt       time.Time
 	StartedAt       *time.Time
 	FinishedAt      *time.Time
@@ -96,12 +112,15 @@ func (RunArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{MaxAttemp
 
 const runColumns = `seq, id, team_id, state, spec, image, image_id, exit_code, oom_killed, timed_out, log_truncated,
 	cancel_requested, reason, metrics, bundle_location, manifest_sha256, worker, created_at, started_at, finished_at, updated_at,
-	(SELECT name FROM teams WHERE teams.id = runs.team_id), score`
+	(SELECT name FROM teams WHERE teams.id = runs.team_id), score, purpose, parent_id, side, pair`
 
 // CreateRun stores a queued run and enqueues its job in one transaction.
 func (s *Store) CreateRun(ctx context.Context, r Run) (Run, error) {
 	if r.State == "" {
 		r.State = Queued
+	}
+	if r.Purpose == "" {
+		r.Purpose = PurposeSubmission
 	}
 	now := time.Now().UTC()
 	r.CreatedAt, r.UpdatedAt = now, now
@@ -110,8 +129,9 @@ func (s *Store) CreateRun(ctx context.Context, r Run) (Run, error) {
 		return Run{}, err
 	}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, team_id, state, spec, image, task, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.ID, r.TeamID, r.State, string(spec), r.Image, r.Spec.Task, fmtTime(now), fmtTime(now))
+		res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, team_id, state, spec, image, task, purpose, parent_id, side, pair, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.TeamID, r.State, string(spec), r.Image, r.Spec.Task, r.Purpose, r.ParentID, r.Side, r.Pair, fmtTime(now), fmtTime(now))
 		if err != nil {
 			return err
 		}
@@ -151,8 +171,10 @@ type ListFilter struct {
 	State  State  // "" for every state
 	Task   string // "" for runs of any task or none
 	Scored bool   // only runs that have a score
-	Limit  int    // default 50
-	Cursor string // from the previous page
+	// Purpose: "" for runs of any purpose, else only runs with this purpose.
+	Purpose string
+	Limit   int    // default 50
+	Cursor  string // from the previous page
 }
 
 // ListRuns returns runs newest first and the cursor of the next page ("" at the end).
@@ -176,6 +198,10 @@ func (s *Store) ListRuns(ctx context.Context, f ListFilter) ([]Run, string, erro
 	}
 	if f.Scored {
 		where = append(where, "score IS NOT NULL")
+	}
+	if f.Purpose != "" {
+		where = append(where, "purpose = ?")
+		args = append(args, f.Purpose)
 	}
 	if f.Cursor != "" {
 		seq, err := strconv.ParseInt(f.Cursor, 10, 64)
@@ -201,6 +227,11 @@ func (s *Store) ListRuns(ctx context.Context, f ListFilter) ([]Run, string, erro
 		next = strconv.FormatInt(runs[len(runs)-1].Seq, 10)
 	}
 	return runs, next, nil
+}
+
+// RunsOf returns the runs of campaign parentID, oldest first.
+func (s *Store) RunsOf(ctx context.Context, parentID string) ([]Run, error) {
+	return s.queryRuns(ctx, `SELECT `+runColumns+` FROM runs WHERE parent_id = ? ORDER BY seq`, parentID)
 }
 
 // ActiveRuns returns the runs a worker holds (preparing, running, archiving), oldest first.
@@ -342,7 +373,7 @@ func scanRun(sc scanner) (Run, error) {
 	var exit sql.NullInt64
 	err := sc.Scan(&r.Seq, &r.ID, &r.TeamID, &r.State, &spec, &r.Image, &r.ImageID, &exit, &r.OOMKilled, &r.TimedOut,
 		&r.LogTruncated, &r.CancelRequested, &r.Reason, &metrics, &r.BundleLocation, &r.ManifestSHA256, &r.Worker,
-		&created, &started, &finished, &updated, &r.TeamName, &score)
+		&created, &started, &finished, &updated, &r.TeamName, &score, &r.Purpose, &r.ParentID, &r.Side, &r.Pair)
 	if err != nil {
 		return Run{}, err
 	}

@@ -329,6 +329,10 @@ func DecideVerdict(candidate, baseline []VerdictRun, opts VerdictOptions) (Verdi
 }
 
 // withDefaults fills in the zero-valued options and checks them all.
+// Defaults returns o with its zero values replaced by the defaults, or an
+// error naming the option that is unusable.
+func (o VerdictOptions) Defaults() (VerdictOptions, error) { return o.withDefaults() }
+
 func (o VerdictOptions) withDefaults() (VerdictOptions, error) {
 	if o.Alpha == 0 {
 		o.Alpha = DefaultVerdictAlpha

@@ -284,6 +284,10 @@ func readStored(store string, f File) ([]byte, error) {
 	return b, nil
 }
 
+// ReadStored returns f's content from the store (see Sync), checked against
+// its pinned sha256 (ErrNotSynced, ErrHashMismatch).
+func ReadStored(store string, f File) ([]byte, error) { return readStored(store, f) }
+
 // verifyStored checks that f is in the store with its pinned hash.
 func verifyStored(store string, f File) error {
 	_, err := readStored(store, f)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -176,6 +177,13 @@ func (e *Executor) fingerprint(r store.Run, p store.Paths) archive.Fingerprint {
 	}
 	if r.Spec.Seed != nil {
 		fp.Seed = *r.Spec.Seed
+	}
+	if t, err := e.taskOf(r); err == nil && t != nil && t.Dataset != "" {
+		// The digest of the dataset's SHA256SUMS, written into .complete when the
+		// dataset was verified (or made).
+		if b, err := os.ReadFile(filepath.Join(e.datasetDir(t.Dataset), ".complete")); err == nil {
+			fp.DatasetManifestSHA256 = strings.TrimSpace(string(b))
+		}
 	}
 	g := gpuFingerprint(p)
 	fp.GPUModels, fp.GPUUUIDs, fp.DriverVersion, fp.CUDAVersion = g.GPUModels, g.GPUUUIDs, g.DriverVersion, g.CUDAVersion

@@ -49,6 +49,24 @@ func (e *Executor) gcImages(ctx context.Context) error {
 	return err
 }
 
+// pinnedImage returns the exact image a run pinned (an audit's re-run): the local
+// one, else restored from the archive, which checks it against its record. A
+// pinned image is never built: a rebuild would not be the same image.
+func (e *Executor) pinnedImage(ctx context.Context, imageID string) (string, string, error) {
+	if id, err := e.docker.ImageID(ctx, imageID); err == nil {
+		return imageID, id, nil
+	}
+	if e.cfg.Images == nil || e.cfg.Images.Client == nil {
+		return "", "", fault.Infraf("image %s is not on worker %s, which cannot restore images", imageID, e.cfg.Host)
+	}
+	e.log.Info("restoring a pinned image from the archive", "id", imageID)
+	if err := images.Restore(ctx, e.cfg.Images.Client, e.archive, imageID); err != nil {
+		return "", "", err
+	}
+	id, err := e.docker.ImageID(ctx, imageID)
+	return imageID, id, err
+}
+
 // resolveImage returns the image of environment env and its local ID. Explicitly
 // registered environments (--environment NAME=IMAGE) win; a catalogue environment
 // is built (strictly: only from a complete lock) when this host lacks its image.

@@ -25,7 +25,13 @@ func (e *Executor) prepare(ctx context.Context, r store.Run, lastAttempt bool) (
 	if r.CancelRequested {
 		return e.cancelBeforeStart(ctx, r)
 	}
-	image, imageID, err := e.resolveImage(ctx, r.Spec.Environment)
+	var image, imageID string
+	var err error
+	if r.Spec.ImageID != "" {
+		image, imageID, err = e.pinnedImage(ctx, r.Spec.ImageID)
+	} else {
+		image, imageID, err = e.resolveImage(ctx, r.Spec.Environment)
+	}
 	if err == nil && e.cfg.Images != nil && e.cfg.Images.Client != nil {
 		// Image GC removes the least recently used first: this one is used now.
 		if terr := images.Touch(ctx, e.cfg.Images.Client, imageID); terr != nil {

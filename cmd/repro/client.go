@@ -170,7 +170,7 @@ func submit(ctx context.Context, args []string) error {
 		return err
 	}
 	printSummary(os.Stderr, final)
-	if final.State != openapi.Succeeded {
+	if final.State != openapi.RunStateSucceeded {
 		return exitCode(1)
 	}
 	return nil
@@ -242,7 +242,9 @@ func (a *api) create(ctx context.Context, spec openapi.RunSpec, files []upload) 
 	return resp.JSON201, nil
 }
 
-func writeSubmission(mw *multipart.Writer, spec openapi.RunSpec, files []upload) error {
+// writeSubmission writes the multipart body of a submission: the JSON spec part
+// (a RunSpec or a VerificationRequest), then the files.
+func writeSubmission(mw *multipart.Writer, spec any, files []upload) error {
 	h := textproto.MIMEHeader{}
 	h.Set("Content-Disposition", `form-data; name="spec"`)
 	h.Set("Content-Type", "application/json")
@@ -348,7 +350,7 @@ func (a *api) wait(ctx context.Context, id uuid.UUID) (*openapi.Run, error) {
 			return nil, err
 		}
 		switch r.State {
-		case openapi.Succeeded, openapi.Failed, openapi.Error, openapi.Canceled:
+		case openapi.RunStateSucceeded, openapi.RunStateFailed, openapi.RunStateError, openapi.RunStateCanceled:
 			return r, nil
 		}
 		select {

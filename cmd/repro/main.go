@@ -59,6 +59,12 @@ Client (REPRO_URL, default http://127.0.0.1:8080; REPRO_TOKEN):
   repro admin token create --team NAME
   repro tasks list | bundle ID [--hints 1,2] [-o FILE]
   repro submit --task ID [--follow] FILE...
+  repro verify --task ID [--runs N] FILE... | --candidate-run ID
+                                    verify a record claim: N interleaved A/B runs, a verdict
+  repro verify status ID | report ID [--markdown]
+  repro audit --run ID | --verification ID [--time-tolerance F]
+                                    re-run archived runs and compare: reproduced or drifted
+  repro audit status ID | report ID [--markdown]
 
 Local (on a worker host):
   repro tasks sync [--from DIR]     fetch and verify the tasks' pinned files
@@ -133,6 +139,10 @@ func run(ctx context.Context, args []string) error {
 		return dataCmd(ctx, rest)
 	case "images":
 		return imagesCmd(ctx, rest)
+	case "verify":
+		return verifyCmd(ctx, args[1:])
+	case "audit":
+		return auditCmd(ctx, args[1:])
 	case "version":
 		fmt.Println(reproVersion())
 		return nil

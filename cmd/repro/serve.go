@@ -26,6 +26,7 @@ import (
 	"github.com/repro/repro/service"
 	"github.com/repro/repro/store"
 	"github.com/repro/repro/tasks"
+	"github.com/repro/repro/verify"
 	"github.com/repro/repro/worker"
 )
 
@@ -336,13 +337,17 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 		GPUs:      &worker.GPUs{Node: node, Allocator: alloc},
 	}, st, docker, ar, log)
 	var api *service.Server
+	var campaigns *verify.Service
 	if withAPI {
+		campaigns = verify.New(verify.Config{
+			DataDir: c.dataDir, Tasks: catalog, TaskStore: taskStore, Profile: c.profile, Version: reproVersion(),
+		}, st, ar, log)
 		api, err = service.New(service.Config{
 			DataDir: c.dataDir, AdminToken: c.adminToken, Environments: allEnvs,
 			MaxUploadBytes: int64(c.maxUpload), Docker: docker, Version: reproVersion(),
 			GPUCheck: alloc.Check, Tasks: catalog, TaskStore: taskStore,
 			RefsDir: filepath.Join(c.dataDir, "refs"), TaskOverrides: c.taskOverrides,
-			EnvCatalog: envCatalog, EnvBuilder: envBuilder{envCatalog, builder},
+			EnvCatalog: envCatalog, EnvBuilder: envBuilder{envCatalog, builder}, Campaigns: campaigns,
 		}, st, ar, log)
 		if err != nil {
 			return err
@@ -355,6 +360,12 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 	}
 	if err := st.Start(ctx); err != nil {
 		return err
+	}
+	if campaigns != nil {
+		defer campaigns.Wait()
+		if err := campaigns.Start(ctx); err != nil {
+			return fmt.Errorf("resuming verifications and audits: %w", err)
+		}
 	}
 	go exec.ReapLoop(ctx, c.reapEvery)
 	log.Info("repro started", "version", reproVersion(), "data_dir", c.dataDir, "archive", where, "environments", len(envs),

@@ -256,7 +256,9 @@ func calibrateCmd(ctx context.Context, args []string) error {
 	profile := ""
 	for i := 0; i < total; i++ {
 		s := scripts[i%2]
-		spec := openapi.RunSpec{Task: &task.ID}
+		// Calibration runs stay off the task's results and leaderboard.
+		purpose := openapi.RunSpecPurposeCalibration
+		spec := openapi.RunSpec{Task: &task.ID, Purpose: &purpose}
 		if seed != nil {
 			v := *seed + int64(i)
 			spec.Seed = &v
@@ -278,7 +280,7 @@ func calibrateCmd(ctx context.Context, args []string) error {
 			return fmt.Errorf("calibrate %s: run %d/%d (%s) %s: %w", task.ID, i+1, total, s.role, run.Id, err)
 		}
 		where := fmt.Sprintf("calibrate %s: run %d/%d (%s) %s", task.ID, i+1, total, s.role, final.Id)
-		if final.State != openapi.Succeeded {
+		if final.State != openapi.RunStateSucceeded {
 			return fmt.Errorf("%s %s: %s (see 'repro logs %s')%s", where, final.State, deref(final.Reason), final.Id, a.logTail(ctx, final.Id, 5))
 		}
 		if final.Score == nil || final.Score.Profile == "" {
