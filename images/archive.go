@@ -82,7 +82,10 @@ func Archived(ctx context.Context, st archive.Store, imageID string) (ArchivedIm
 	defer rc.Close()
 	var a ArchivedImage
 	if err := json.NewDecoder(io.LimitReader(rc, 1<<20)).Decode(&a); err != nil {
-		return ArchivedImage{}, fault.Infraf("images: read %s: %w", recKey, err)
+		return ArchivedImage{}, fmt.Errorf("images: the record %s is not readable: %v: %w", recKey, err, archive.ErrCorrupt)
+	}
+	if full, _, _ := normImageID(imageID); a.ImageID != full {
+		return a, fmt.Errorf("images: the record %s names image %s, not %s: %w", recKey, a.ImageID, full, archive.ErrCorrupt)
 	}
 	return a, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/repro/repro/archive"
 	"github.com/repro/repro/fault"
+	"github.com/repro/repro/sandbox/gpu"
 	"github.com/repro/repro/store"
 	"github.com/repro/repro/tasks"
 )
@@ -116,6 +117,11 @@ func (s *Service) StartVerification(ctx context.Context, req VerificationRequest
 		Task: t.ID, Profile: s.cfg.Profile, Runs: req.Runs,
 		TimeoutSeconds: int(t.TimeLimit().Seconds()), GPUs: t.HardwareProfile().GPUs, GPUModel: t.HardwareProfile().GPUModel,
 		Options: tasks.VerdictOptions{TargetLoss: t.TargetValLoss, MaxFailedFraction: req.MaxFailedFraction},
+	}
+	if s.cfg.GPUCheck != nil {
+		if err := s.cfg.GPUCheck(gpu.Request{Count: spec.GPUs, GPUModel: spec.GPUModel, ExclusiveNode: true}); err != nil {
+			return store.Campaign{}, inputErr("task", "task %s runs on %s: %v", t.ID, t.Profile, err)
+		}
 	}
 	if _, err := spec.Options.Defaults(); err != nil {
 		return store.Campaign{}, inputErr("task", "%v", err)

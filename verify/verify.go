@@ -26,6 +26,7 @@ import (
 
 	"github.com/repro/repro/archive"
 	"github.com/repro/repro/fault"
+	"github.com/repro/repro/sandbox/gpu"
 	"github.com/repro/repro/store"
 	"github.com/repro/repro/tasks"
 )
@@ -44,6 +45,8 @@ type Config struct {
 	// ErrorRetries is how often a run that ended "error" (the infrastructure's
 	// fault) is run again, with the same seed (default 2).
 	ErrorRetries int
+	// GPUCheck refuses a task whose GPUs no worker here could give (nil: no check).
+	GPUCheck func(gpu.Request) error
 }
 
 // InputError is a request a campaign cannot start from, naming the field: the

@@ -341,6 +341,7 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 	if withAPI {
 		campaigns = verify.New(verify.Config{
 			DataDir: c.dataDir, Tasks: catalog, TaskStore: taskStore, Profile: c.profile, Version: reproVersion(),
+			GPUCheck: alloc.Check,
 		}, st, ar, log)
 		api, err = service.New(service.Config{
 			DataDir: c.dataDir, AdminToken: c.adminToken, Environments: allEnvs,
