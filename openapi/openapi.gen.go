@@ -25,6 +25,24 @@ import (
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
 
+// Defines values for AgentRunOutcome.
+const (
+	NoValidAttempt AgentRunOutcome = "no_valid_attempt"
+	Scored         AgentRunOutcome = "scored"
+)
+
+// Valid indicates whether the value is a known member of the AgentRunOutcome enum.
+func (e AgentRunOutcome) Valid() bool {
+	switch e {
+	case NoValidAttempt:
+		return true
+	case Scored:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AuditOutcome.
 const (
 	Drifted    AuditOutcome = "drifted"
@@ -259,6 +277,24 @@ func (e ReportFormat) Valid() bool {
 	}
 }
 
+// Defines values for GetAgentRunReportParamsFormat.
+const (
+	GetAgentRunReportParamsFormatJson     GetAgentRunReportParamsFormat = "json"
+	GetAgentRunReportParamsFormatMarkdown GetAgentRunReportParamsFormat = "markdown"
+)
+
+// Valid indicates whether the value is a known member of the GetAgentRunReportParamsFormat enum.
+func (e GetAgentRunReportParamsFormat) Valid() bool {
+	switch e {
+	case GetAgentRunReportParamsFormatJson:
+		return true
+	case GetAgentRunReportParamsFormatMarkdown:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GetAuditReportParamsFormat.
 const (
 	GetAuditReportParamsFormatJson     GetAuditReportParamsFormat = "json"
@@ -293,6 +329,71 @@ func (e GetVerificationReportParamsFormat) Valid() bool {
 	default:
 		return false
 	}
+}
+
+// AgentBudget defines model for AgentBudget.
+type AgentBudget struct {
+	MaxAttempts *int `json:"max_attempts,omitempty"`
+
+	// MaxGpuHours over its attempts; 0: no limit
+	MaxGpuHours *float32 `json:"max_gpu_hours,omitempty"`
+
+	// MaxLlmCostUsd 0: no limit
+	MaxLlmCostUsd *float32 `json:"max_llm_cost_usd,omitempty"`
+
+	// MaxLlmTokens 0: no limit
+	MaxLlmTokens *int64 `json:"max_llm_tokens,omitempty"`
+
+	// MaxWallSeconds the agent's wall time; it is stopped then
+	MaxWallSeconds *int `json:"max_wall_seconds,omitempty"`
+}
+
+// AgentRun defines model for AgentRun.
+type AgentRun struct {
+	CancelRequested bool       `json:"cancel_requested"`
+	CreatedAt       time.Time  `json:"created_at"`
+	FinishedAt      *time.Time `json:"finished_at,omitempty"`
+
+	// Fsr the best valid attempt's FSR, once done
+	Fsr            *float64                `json:"fsr,omitempty"`
+	Id             openapi_types.UUID      `json:"id"`
+	Outcome        *AgentRunOutcome        `json:"outcome,omitempty"`
+	Reason         *string                 `json:"reason,omitempty"`
+	Report         *map[string]interface{} `json:"report,omitempty"`
+	ReportLocation *string                 `json:"report_location,omitempty"`
+	Runs           []CampaignRun           `json:"runs"`
+	State          CampaignState           `json:"state"`
+	Task           string                  `json:"task"`
+	Team           string                  `json:"team"`
+
+	// Usage the budget and what was used of it (attempts, GPU-hours, LLM tokens and cost, wall time left)
+	Usage *map[string]interface{} `json:"usage,omitempty"`
+}
+
+// AgentRunOutcome defines model for AgentRun.Outcome.
+type AgentRunOutcome string
+
+// AgentRunList defines model for AgentRunList.
+type AgentRunList struct {
+	Items      []AgentRun `json:"items"`
+	NextCursor *string    `json:"next_cursor,omitempty"`
+}
+
+// AgentRunRequest defines model for AgentRunRequest.
+type AgentRunRequest struct {
+	Agent struct {
+		Command []string           `json:"command"`
+		Env     *map[string]string `json:"env,omitempty"`
+
+		// Environment a registered environment the agent runs in
+		Environment string `json:"environment"`
+	} `json:"agent"`
+	Budget *AgentBudget `json:"budget,omitempty"`
+	Hints  *[]int       `json:"hints,omitempty"`
+
+	// Llm a configured LLM endpoint the agent may use through the gateway
+	Llm  *string `json:"llm,omitempty"`
+	Task string  `json:"task"`
 }
 
 // Audit defines model for Audit.
@@ -703,6 +804,28 @@ type RunID = openapi_types.UUID
 // TaskID defines model for TaskID.
 type TaskID = string
 
+// ListAgentRunsParams defines parameters for ListAgentRuns.
+type ListAgentRunsParams struct {
+	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// CreateAgentRunMultipartBody defines parameters for CreateAgentRun.
+type CreateAgentRunMultipartBody struct {
+	Files *[]openapi_types.File `json:"files,omitempty"`
+
+	// Spec a JSON-encoded AgentRunRequest
+	Spec string `json:"spec"`
+}
+
+// GetAgentRunReportParams defines parameters for GetAgentRunReport.
+type GetAgentRunReportParams struct {
+	Format *GetAgentRunReportParamsFormat `form:"format,omitempty" json:"format,omitempty"`
+}
+
+// GetAgentRunReportParamsFormat defines parameters for GetAgentRunReport.
+type GetAgentRunReportParamsFormat string
+
 // ListAuditsParams defines parameters for ListAudits.
 type ListAuditsParams struct {
 	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
@@ -779,6 +902,9 @@ type GetVerificationReportParams struct {
 
 // GetVerificationReportParamsFormat defines parameters for GetVerificationReport.
 type GetVerificationReportParamsFormat string
+
+// CreateAgentRunMultipartRequestBody defines body for CreateAgentRun for multipart/form-data ContentType.
+type CreateAgentRunMultipartRequestBody CreateAgentRunMultipartBody
 
 // CreateAuditJSONRequestBody defines body for CreateAudit for application/json ContentType.
 type CreateAuditJSONRequestBody = AuditRequest
@@ -947,6 +1073,35 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListAgentRuns The team's agent runs, newest first.
+	//
+	// Corresponds with GET /v1/agent-runs (the `ListAgentRuns` operationId).
+	ListAgentRuns(ctx context.Context, params *ListAgentRunsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateAgentRunWithBody Let an agent work on a task within a budget.
+	//
+	// `multipart/form-data` with one part `spec` (a JSON AgentRunRequest) and, optionally, the
+	// agent's own files as `files` parts (its /workspace). The agent runs sandboxed like any run,
+	// with no GPU, the task bundle at /task, and a network that reaches only repro's agent API
+	// (REPRO_AGENT_URL, bearer REPRO_AGENT_TOKEN: GET /budget, GET /task, POST /attempts,
+	// GET /attempts, GET /attempts/{id}, GET /attempts/{id}/log) and the LLM gateway
+	// (OPENAI_BASE_URL, OPENAI_API_KEY: /chat/completions, /models). Every attempt is an
+	// ordinary run of the task, archived; the score is the best valid attempt's FSR.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/agent-runs (the `CreateAgentRun` operationId).
+	CreateAgentRunWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetAgentRun performs a GET /v1/agent-runs/{id} (the `GetAgentRun` operationId) request.
+	GetAgentRun(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelAgentRun performs a POST /v1/agent-runs/{id}/cancel (the `CancelAgentRun` operationId) request.
+	CancelAgentRun(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetAgentRunReport performs a GET /v1/agent-runs/{id}/report (the `GetAgentRunReport` operationId) request.
+	GetAgentRunReport(ctx context.Context, id CampaignID, params *GetAgentRunReportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListAudits The team's audits, newest first (the admin sees all).
 	//
@@ -1161,6 +1316,85 @@ func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) 
 // Corresponds with GET /readyz (the `GetReadyz` operationId).
 func (c *Client) GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetReadyzRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListAgentRuns The team's agent runs, newest first.
+//
+// Corresponds with GET /v1/agent-runs (the `ListAgentRuns` operationId).
+func (c *Client) ListAgentRuns(ctx context.Context, params *ListAgentRunsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListAgentRunsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateAgentRunWithBody Let an agent work on a task within a budget.
+//
+// `multipart/form-data` with one part `spec` (a JSON AgentRunRequest) and, optionally, the
+// agent's own files as `files` parts (its /workspace). The agent runs sandboxed like any run,
+// with no GPU, the task bundle at /task, and a network that reaches only repro's agent API
+// (REPRO_AGENT_URL, bearer REPRO_AGENT_TOKEN: GET /budget, GET /task, POST /attempts,
+// GET /attempts, GET /attempts/{id}, GET /attempts/{id}/log) and the LLM gateway
+// (OPENAI_BASE_URL, OPENAI_API_KEY: /chat/completions, /models). Every attempt is an
+// ordinary run of the task, archived; the score is the best valid attempt's FSR.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/agent-runs (the `CreateAgentRun` operationId).
+func (c *Client) CreateAgentRunWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateAgentRunRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetAgentRun performs a GET /v1/agent-runs/{id} (the `GetAgentRun` operationId) request.
+func (c *Client) GetAgentRun(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetAgentRunRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelAgentRun performs a POST /v1/agent-runs/{id}/cancel (the `CancelAgentRun` operationId) request.
+func (c *Client) CancelAgentRun(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelAgentRunRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetAgentRunReport performs a GET /v1/agent-runs/{id}/report (the `GetAgentRunReport` operationId) request.
+func (c *Client) GetAgentRunReport(ctx context.Context, id CampaignID, params *GetAgentRunReportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetAgentRunReportRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1701,6 +1935,230 @@ func NewGetReadyzRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListAgentRunsRequest constructs an http.Request for the ListAgentRuns method
+func NewListAgentRunsRequest(server string, params *ListAgentRunsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/agent-runs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateAgentRunRequestWithBody constructs an http.Request for the CreateAgentRun method, with any body, and a specified content type
+func NewCreateAgentRunRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/agent-runs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetAgentRunRequest constructs an http.Request for the GetAgentRun method
+func NewGetAgentRunRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/agent-runs/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCancelAgentRunRequest constructs an http.Request for the CancelAgentRun method
+func NewCancelAgentRunRequest(server string, id CampaignID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/agent-runs/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetAgentRunReportRequest constructs an http.Request for the GetAgentRunReport method
+func NewGetAgentRunReportRequest(server string, id CampaignID, params *GetAgentRunReportParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/agent-runs/%s/report", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Format != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "format", *params.Format, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2926,6 +3384,43 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetReadyzResponse, error)
 
+	// ListAgentRunsWithResponse The team's agent runs, newest first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/agent-runs (the `ListAgentRuns` operationId).
+	ListAgentRunsWithResponse(ctx context.Context, params *ListAgentRunsParams, reqEditors ...RequestEditorFn) (*ListAgentRunsResponse, error)
+
+	// CreateAgentRunWithBodyWithResponse Let an agent work on a task within a budget.
+	//
+	// `multipart/form-data` with one part `spec` (a JSON AgentRunRequest) and, optionally, the
+	// agent's own files as `files` parts (its /workspace). The agent runs sandboxed like any run,
+	// with no GPU, the task bundle at /task, and a network that reaches only repro's agent API
+	// (REPRO_AGENT_URL, bearer REPRO_AGENT_TOKEN: GET /budget, GET /task, POST /attempts,
+	// GET /attempts, GET /attempts/{id}, GET /attempts/{id}/log) and the LLM gateway
+	// (OPENAI_BASE_URL, OPENAI_API_KEY: /chat/completions, /models). Every attempt is an
+	// ordinary run of the task, archived; the score is the best valid attempt's FSR.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/agent-runs (the `CreateAgentRun` operationId).
+	CreateAgentRunWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateAgentRunResponse, error)
+
+	// GetAgentRunWithResponse performs a GET /v1/agent-runs/{id} (the `GetAgentRun` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	GetAgentRunWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetAgentRunResponse, error)
+
+	// CancelAgentRunWithResponse performs a POST /v1/agent-runs/{id}/cancel (the `CancelAgentRun` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	CancelAgentRunWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelAgentRunResponse, error)
+
+	// GetAgentRunReportWithResponse performs a GET /v1/agent-runs/{id}/report (the `GetAgentRunReport` operationId) request.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	GetAgentRunReportWithResponse(ctx context.Context, id CampaignID, params *GetAgentRunReportParams, reqEditors ...RequestEditorFn) (*GetAgentRunReportResponse, error)
+
 	// ListAuditsWithResponse The team's audits, newest first (the admin sees all).
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -3289,6 +3784,344 @@ func (r GetReadyzResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetReadyzResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListAgentRunsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AgentRunList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListAgentRunsResponse) GetJSON200() *AgentRunList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListAgentRunsResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListAgentRunsResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetBody returns the raw response body bytes
+func (r ListAgentRunsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListAgentRunsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListAgentRunsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListAgentRunsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateAgentRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *AgentRun
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateAgentRunResponse) GetJSON201() *AgentRun {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r CreateAgentRunResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateAgentRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateAgentRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateAgentRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateAgentRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetAgentRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AgentRun
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetAgentRunResponse) GetJSON200() *AgentRun {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetAgentRunResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetAgentRunResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetAgentRunResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r GetAgentRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetAgentRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetAgentRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetAgentRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelAgentRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *AgentRun
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CancelAgentRunResponse) GetJSON202() *AgentRun {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CancelAgentRunResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CancelAgentRunResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CancelAgentRunResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelAgentRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelAgentRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelAgentRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelAgentRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetAgentRunReportResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *map[string]interface{}
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetAgentRunReportResponse) GetJSON200() *map[string]interface{} {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetAgentRunReportResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetAgentRunReportResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetAgentRunReportResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r GetAgentRunReportResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetBody returns the raw response body bytes
+func (r GetAgentRunReportResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetAgentRunReportResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetAgentRunReportResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetAgentRunReportResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4905,6 +5738,73 @@ func (c *ClientWithResponses) GetReadyzWithResponse(ctx context.Context, reqEdit
 	return ParseGetReadyzResponse(rsp)
 }
 
+// ListAgentRunsWithResponse The team's agent runs, newest first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/agent-runs (the `ListAgentRuns` operationId).
+func (c *ClientWithResponses) ListAgentRunsWithResponse(ctx context.Context, params *ListAgentRunsParams, reqEditors ...RequestEditorFn) (*ListAgentRunsResponse, error) {
+	rsp, err := c.ListAgentRuns(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListAgentRunsResponse(rsp)
+}
+
+// CreateAgentRunWithBodyWithResponse Let an agent work on a task within a budget.
+//
+// `multipart/form-data` with one part `spec` (a JSON AgentRunRequest) and, optionally, the
+// agent's own files as `files` parts (its /workspace). The agent runs sandboxed like any run,
+// with no GPU, the task bundle at /task, and a network that reaches only repro's agent API
+// (REPRO_AGENT_URL, bearer REPRO_AGENT_TOKEN: GET /budget, GET /task, POST /attempts,
+// GET /attempts, GET /attempts/{id}, GET /attempts/{id}/log) and the LLM gateway
+// (OPENAI_BASE_URL, OPENAI_API_KEY: /chat/completions, /models). Every attempt is an
+// ordinary run of the task, archived; the score is the best valid attempt's FSR.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/agent-runs (the `CreateAgentRun` operationId).
+func (c *ClientWithResponses) CreateAgentRunWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateAgentRunResponse, error) {
+	rsp, err := c.CreateAgentRunWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateAgentRunResponse(rsp)
+}
+
+// GetAgentRunWithResponse performs a GET /v1/agent-runs/{id} (the `GetAgentRun` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) GetAgentRunWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*GetAgentRunResponse, error) {
+	rsp, err := c.GetAgentRun(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetAgentRunResponse(rsp)
+}
+
+// CancelAgentRunWithResponse performs a POST /v1/agent-runs/{id}/cancel (the `CancelAgentRun` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) CancelAgentRunWithResponse(ctx context.Context, id CampaignID, reqEditors ...RequestEditorFn) (*CancelAgentRunResponse, error) {
+	rsp, err := c.CancelAgentRun(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelAgentRunResponse(rsp)
+}
+
+// GetAgentRunReportWithResponse performs a GET /v1/agent-runs/{id}/report (the `GetAgentRunReport` operationId) request.
+//
+// Returns a wrapper object for the known response body format(s).
+func (c *ClientWithResponses) GetAgentRunReportWithResponse(ctx context.Context, id CampaignID, params *GetAgentRunReportParams, reqEditors ...RequestEditorFn) (*GetAgentRunReportResponse, error) {
+	rsp, err := c.GetAgentRunReport(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetAgentRunReportResponse(rsp)
+}
+
 // ListAuditsWithResponse The team's audits, newest first (the admin sees all).
 //
 // Returns a wrapper object for the known response body format(s).
@@ -5366,6 +6266,272 @@ func ParseGetReadyzResponse(rsp *http.Response) (*GetReadyzResponse, error) {
 			return nil, err
 		}
 		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListAgentRunsResponse parses an HTTP response from a ListAgentRunsWithResponse call
+func ParseListAgentRunsResponse(rsp *http.Response) (*ListAgentRunsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListAgentRunsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AgentRunList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateAgentRunResponse parses an HTTP response from a CreateAgentRunWithResponse call
+func ParseCreateAgentRunResponse(rsp *http.Response) (*CreateAgentRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateAgentRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest AgentRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetAgentRunResponse parses an HTTP response from a GetAgentRunWithResponse call
+func ParseGetAgentRunResponse(rsp *http.Response) (*GetAgentRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetAgentRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AgentRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCancelAgentRunResponse parses an HTTP response from a CancelAgentRunWithResponse call
+func ParseCancelAgentRunResponse(rsp *http.Response) (*CancelAgentRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelAgentRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest AgentRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetAgentRunReportResponse parses an HTTP response from a GetAgentRunReportWithResponse call
+func ParseGetAgentRunReportResponse(rsp *http.Response) (*GetAgentRunReportResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetAgentRunReportResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest map[string]interface{}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (text/markdown) unsupported
 
 	}
 
@@ -6571,6 +7737,21 @@ type ServerInterface interface {
 	// GetReadyz Readiness: Docker, the store and the archive are reachable.
 	// (GET /readyz)
 	GetReadyz(ctx *echo.Context) error
+	// ListAgentRuns The team's agent runs, newest first.
+	// (GET /v1/agent-runs)
+	ListAgentRuns(ctx *echo.Context, params ListAgentRunsParams) error
+	// CreateAgentRun Let an agent work on a task within a budget.
+	// (POST /v1/agent-runs)
+	CreateAgentRun(ctx *echo.Context) error
+
+	// (GET /v1/agent-runs/{id})
+	GetAgentRun(ctx *echo.Context, id CampaignID) error
+
+	// (POST /v1/agent-runs/{id}/cancel)
+	CancelAgentRun(ctx *echo.Context, id CampaignID) error
+
+	// (GET /v1/agent-runs/{id}/report)
+	GetAgentRunReport(ctx *echo.Context, id CampaignID, params GetAgentRunReportParams) error
 	// ListAudits The team's audits, newest first (the admin sees all).
 	// (GET /v1/audits)
 	ListAudits(ctx *echo.Context, params ListAuditsParams) error
@@ -6686,6 +7867,97 @@ func (w *ServerInterfaceWrapper) GetReadyz(ctx *echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetReadyz(ctx)
+	return err
+}
+
+// ListAgentRuns converts echo context to params.
+func (w *ServerInterfaceWrapper) ListAgentRuns(ctx *echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListAgentRunsParams
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", ctx.QueryParams(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter cursor: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListAgentRuns(ctx, params)
+	return err
+}
+
+// CreateAgentRun converts echo context to params.
+func (w *ServerInterfaceWrapper) CreateAgentRun(ctx *echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CreateAgentRun(ctx)
+	return err
+}
+
+// GetAgentRun converts echo context to params.
+func (w *ServerInterfaceWrapper) GetAgentRun(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetAgentRun(ctx, id)
+	return err
+}
+
+// CancelAgentRun converts echo context to params.
+func (w *ServerInterfaceWrapper) CancelAgentRun(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CancelAgentRun(ctx, id)
+	return err
+}
+
+// GetAgentRunReport converts echo context to params.
+func (w *ServerInterfaceWrapper) GetAgentRunReport(ctx *echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id CampaignID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetAgentRunReportParams
+	// ------------- Optional query parameter "format" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "format", ctx.QueryParams(), &params.Format, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter format: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetAgentRunReport(ctx, id, params)
 	return err
 }
 
@@ -7243,6 +8515,11 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/audits/:id/cancel", wrapper.CancelAudit, options.OperationMiddlewares["cancelAudit"]...)
 	router.GET(options.BaseURL+"/v1/audits/:id/report", wrapper.GetAuditReport, options.OperationMiddlewares["getAuditReport"]...)
 	router.GET(options.BaseURL+"/v1/leaderboard", wrapper.GetLeaderboard, options.OperationMiddlewares["getLeaderboard"]...)
+	router.GET(options.BaseURL+"/v1/agent-runs", wrapper.ListAgentRuns, options.OperationMiddlewares["listAgentRuns"]...)
+	router.POST(options.BaseURL+"/v1/agent-runs", wrapper.CreateAgentRun, options.OperationMiddlewares["createAgentRun"]...)
+	router.GET(options.BaseURL+"/v1/agent-runs/:id", wrapper.GetAgentRun, options.OperationMiddlewares["getAgentRun"]...)
+	router.POST(options.BaseURL+"/v1/agent-runs/:id/cancel", wrapper.CancelAgentRun, options.OperationMiddlewares["cancelAgentRun"]...)
+	router.GET(options.BaseURL+"/v1/agent-runs/:id/report", wrapper.GetAgentRunReport, options.OperationMiddlewares["getAgentRunReport"]...)
 
 }
 
@@ -7251,106 +8528,118 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H19c9u2svdXwfA5M5GeS0uy46SNMmfuOE3a5t4kzThpz52JfCWIXIk4JgEeAJTtk/F3v4MF+CaBenHs",
-	"NO30r1ohCAL7gt397S76OYhElgsOXKtg/DnIqaQZaJD46wea5ZQt+euX5hfjwTjIqU6CMOA0g2AcsDgI",
-	"Awn/KpiEOBhrWUAYqCiBjJo3FkJmVAfjoChwpL7JzVtKS8aXwe1tGJxDLqT+0Y1z3/hXAfKm/oibpTlx",
-	"DAtapGbmfyrBgzAAXmTB+FP5M6PyMhZXPLjwfrR4wB19pOryrrPnVGuQ5rX//USP/j06enbh/juYHl18",
-	"HoXHJ9/d/s3z2Vszq8oFV4CMey/FPIXM/BkJroEjcWmepyyimgk+zO2I/0CCjT83FvE3CYtgHPy/YS0Z",
-	"Q/tUDct58YsxqEiy3EwXjAPKCUgpJBLBjTfTnRUxw6/nUuQgNbMrjCiPIJ0aWoDShhify13NhUiB8uA2",
-	"DCIJVEM8tcJRET+mGo40y2CTFGGwYJyp5MCXWLwHd8NAFDoShpOfK4mTkEsRFxGYF2LJFmYzF553cymW",
-	"EpTaRWMk2PtyMHKWOiZtzClRfaxGNJmhEyBURglbQUzcoGpJYv5PiHT9+jQVVij8nyg4LplpyHauvTww",
-	"zgtkn5uMSklvzG+lqYZ95/iAg81bBS54uiePyuGXjMctRhXmZFiBZAunBF42aaCZhxC3Tb39ZBUZh659",
-	"sLXccsctQQ43Zd9R+cLDIpSGN0x5VKjiyF6ssXroYQqHaz2NCqmE3GPf+KnOhb5vyPiavicQXVo13yKq",
-	"84LHKShCeUxYRpegyBVIIBKOEmqUGp9kVEcJNJjfPDEKKYHrqeG2T5xjwaHxgHENS5BIF6Fp6nu0RoJy",
-	"J26u8sVOmpxbNuMBHMfMbJum7xvEWdBUQbhGr1QoNdUiBWmEpWXzRoPR6OnG8TtXIi00hERwYmi6YJym",
-	"ZEVTYqZCm3jNMqMKx6MwyBi3P8xko9HouFo9L7K5JUhGr6el9rc/JhaEkqYmjQ2HZMEJ1SQTShOdMEUy",
-	"ym8IztD4+knz6/VnG4xwrNswL/WBVnCihftkEO4+Esyp30nM43VSSkipZqualFpSxokzHQeTsXXibO6L",
-	"xBCxGOI1ejKtDPNYTCLKY2aMF5KSUKsOe+381iOTL1DFNhV0qxHIKGcLUHqqEnry5Onuc6KabfNdn6I0",
-	"7cbmObffuZ9TJv2avcWAKoD27Izrp6eBTywVi8E/xz5W7byoDRrK0xSF0p7btY8iinnacFAaUkTTKSry",
-	"PsN9xgqXXy52Gw8+lNtpGE5utlodeNbPK+1Yh7vziq+YFDxzvue696dpKpYFbCrEQooMtS5nnIMRfzeU",
-	"9CBVRvaXTGmQxlrckEjwBVsWEoWt32ERYuo3Bc3vep4nVMZXVPqZjtbJb83wkVXWQgHp0cYeoKbKI0Wc",
-	"b462jWi67PvkOhXdhtM8I8xMlOUpaBgT816kybxgaaxIz5hLs5I+oVEEuSZMe4lk45PPXq/VePxtP2Pz",
-	"gF3zKfIbnXS6rJGQsXe+pjFem1ALGSW7jx3cRskcn5D/DDTVSYd7orptdPee67mNahWqqTniMgiDgtMV",
-	"ZSk1muoNR5sbcHP4lv4GaAxyLqiMN9efS7FgKexN8W1HVeND5/iq15WPhIQ7zfnBvOnlMZVL0NODTjrz",
-	"lrrcLRg4avMTYUW4mkzV3nYwwdFmU5TYNGHLZP+jPWLTVFztP945DAfFt+hO5mbj9szd4zMZ0EONFL5y",
-	"IP9EepPlLJriu3t/qfRLPWY6B4iLfPO8nFMFKeNAzJfQmyPDhnNV/WvTrdoidv4wcdPd2+2iNeW09XYV",
-	"YbZY0RSYsClta1x2RGrJyw6Rtqq5IdFz470tlNyTNzjcOfE7vbbYORv7ibE/HEEfHWj2SBFU3ZioYp4x",
-	"pZjgioiFdeLdCbBpavYK+B0nKlI0tlkTusu1egvGKnuiYrjWkm6zOvtI4vrXMPKbWifzAEW0rx2ovUoU",
-	"Mmp5i6lYosTijqfubOXGcfR5iUpDrrbE49NtAw52o33UakClbd7EoClLvTqODnDb+LXfXTBI4w5j3BGL",
-	"rMmbnaEa75OqdftZfXRTO8RiATxmfElwUEiuEuBEcDDOoxZkntIOhdsSOlXujoc1THc4I/Yfdmobvh9u",
-	"c4e8oeK8Cm63OSMuBL4NHxCFhmump5GIO8CmhwSp0ft1aKnHEVhOtSx4RDu3m9Wn1TYqloeaseEim16y",
-	"NO2asQzN24LJtCJnwxfEPCWMr0FK3rM6p9LFk5sy3nw5JLSImSZCEroEri1klDCFf8whFXxpBH8f8Cgv",
-	"ZC5U64yrzQtGwSmby3LNa1vAZZj/ag1Zrr1n4DYdKw3yNkZUDnWJUGySOadSGysoYVy7PCEpXaKQSJCF",
-	"oZpbpu+kziHaB+Qww+zpIA/VmcOBlC4nzHwhnopC++RxG5Tv4Hrc7C7UvuNUug+wviN/ck9QfcmmXYh0",
-	"W44a0AWi8JHIMvNfC0ja75KCp6AUOlvGtCzZCvhzQu0/oBLSS1BGFCfc/Nsj1YREwnLS0PrnKcuYDslP",
-	"73+1KYGYakp6lBj2EJ1QTUzAr4gwoq0m3Og3LArVWEgCRIFcsQgITVNxpYhYgZQsBtUfTHiwjru7BXiA",
-	"WrlchbgFxsnwSshLldMIyBXTiSg0oUQlkKZBWHM4o9dvgC91EoxPR8+ehj5c9fq1HX3y5CnCye7n8Sbz",
-	"ga+2eYqNjz0++e7p9/6vNd85PvneIxzQxu3W0eoG/NYUCAe8NBaBs2eMV7+9RjJKC8VWMOUi7kDTDMWX",
-	"oC0rrxKRAjGDjdfCtIJ0QXqaZca1QZzrOXHQPtGyALIQspI95UW+lnkxzUQMqf/zP73/leBjUi6GA8Qq",
-	"JFSRd7+9feMkkGnSg8FyQCbBu99ev3x9Rn4+Ho3I96OfXpCfX7x9PAn6HvJsEGSZF574JhFXNpeCitAb",
-	"4a4o+eH9r2ZB/dCYuUlA03QSEEzNGAI9Ukbv3GlFuCBGZEGa458oqpla3JCGvvROT07MEgWHXxbB+NPn",
-	"OtHx9LSZ6PCY5dow0jT1mLiLthWtizdadrS954ZVtVBqDxPtyExFyqfQJ0rTG+PfEgmqSLU9KNI6plXP",
-	"vZ4Bnlyla2CzKhmVlxZVtp+y4tUoLuk0+97IBnygbU6VobYW9mTCJ0aUzl+9P/9l+uHVq5dNl6Q7GVGi",
-	"XuvqibL++iVBFH24Oh4ivZ5XwsuqEJkuKePKAcI7BdMcx6LQUwWR4LFqsfHx09GokRf7/unpaEeO77bD",
-	"KK1nHv5VQIGZ1lxCTqVNQtTpCJsQtH+rIooAYhy9oCzFP/ZKVHSAHncKhx1Isp7RoBHKsVgQh04RCZGx",
-	"QxCPSQ9dJXKEukyG9W8LVvafk5EN1xjHhOB++BQXTMF0kQrhWVFTuXBgCZJIWIAEHgHaX3vKUdLcgBm1",
-	"pPl+i2ig0psna5leIW5UJaNXVOHnY9KMAvbyl/UUiefwgPW0bnNv5V4ssS32a/O9TJEaFN4Hf5k6VHn/",
-	"j9oXvuyr9wmW3zklyTxHXLvwgEyK0ehx9Pdyz5iRoo2UOjpQzCba0d/zZfH8aH5NsEoxlPR6vB/dvteT",
-	"PpQv/TBFww3cP+tl3FMF2g8Ztd2qTsu/edQnjOtpCitID02adUAA23JFVn1kldrw4OsF0/Bgymdx2keV",
-	"MiBSJYFccnHF76SP++vStl3fUd2MPqFQTzPGCw1qj/oim61HKq/xY32lbalq6kMpvr6Ml2dRbSHzKpCL",
-	"tNcU6A7AWEem2Z/IbXyga1U/4JADq6vKRWyLwc3k78w479q6lvPOzdxdymsreZ+e+Ap5w+CjuARu9+TJ",
-	"LXYDHua1TbVTibjiRPAInhOl0e8TPL2xZj2hKtmZkHLAiJ3ft+nf1vJdf4Yy331LdZt7v/+KXdJbgYxZ",
-	"pNFEYkWY0iZy0yxSIYEVyBvrMJWPLfzd/+OW+nb7J1vSrYZEzajBhnu2rBbM/vFPxiPBHdywuw6jCQo6",
-	"b+OLS3mb0nIfIGFL8x4OLfQK+aai37nu9g6lCZ2lupU8TJWYLuge+95Zw9vc/t1KeUuUfeotbC0UVJmJ",
-	"R6o+A2qwwZzW5nioChh6LvQeNx2mpi/V3yevUeUBvnRddQ0F40oDjY17ZxwRtc8yMno9tQH7tIwz2wW6",
-	"4YZNM0GjWKwXxiIenNEbYmYjc1gIaWPKKKUss1hXdRpUaMVo8OyZF966YxT7nGSF0mTuiOew50fKwW/q",
-	"UcW9vQDBuuDBkeN4gx64ebEgQKOEuCrPRpFyE4o52R9KKiWLXCUCqy7RR6/JOQeq1aGIry+M29Q5BM+i",
-	"QjJ988EcdWURCpUgq1Yl9CDsP1UTJFrntjWJ8YXwBSG5FFZY3rx5a2NQxpcOhlOkbOVh8/SGMF5VoAqu",
-	"KeMgLbboNEFNeCqWKiQuXRoSKjVb0MhBkNa/ImX1M3KotNiDCZ/wV/aXA2gLHoMkw9WxxZfJ7KzQiZDs",
-	"364e/AXu1UXT6I3hnzAbkDOCvxtpTUIn3BgvzLwAzYgCUNbzM26C8Qktpko5pk7K6hms4Ofqymz1dHTa",
-	"H5CPxi2JM8Yn3H6kZ5HKs5dvX7+bfvzlv1+965s9YquGmcVuHscqu02slUCAddbVgDYjvfMffyDPTp98",
-	"17feTLtoYYZVCzMz9YSbRzPrYc1cdCg4EJwblM3puPoDy3GblVVWBkaD48EIc9Y5cJqzYBw8HowGj034",
-	"RHWCojZMsEr03+bvpY3nzXmO634dB+PgJ9A/uyFrjXcno9GWprvDmu1craqv1y41TkxTUYLxpwsTNWYZ",
-	"lTfBOHjDVsBBKWsicikiUKrk7QBfHTby/F27LHP8O3ep4VoP85Sytf15GhXbW3GLIA4Bei9FBjqBwkjT",
-	"tSbOfGzbauMVN5nbn+Pw4IZm6bZN/pIDP3v/+jBWlpMesFWzP/ctEouowKh9284+GgtSjnSbkkDjm62S",
-	"eW5H/C6Ciasz2vVk9Phr6AGJIQceA48wmYUtv9soamjDrF68FNElyNDhUMZXwIOrDsNcYptGCZ2n4Mi/",
-	"Oh5i/qhba4xnf2aHhK126k/+7mZEYvzNzU9Grb6pnUkV/wdcBND8QsNoPz3dtNIXDyg7dT+jl585XaJv",
-	"54h8Gwan9uO+OatF1n3JZvzxAeNv2/pW1ZHa74eEw5WxzgsmlSY9XVpDa1BpmvYH6CEK5QnpXxmHzCXd",
-	"XHtcFalX7rRtFulJcPAMs8hoIpQmKY0uFWG6H7bemXB0rkOzCNsQ2czEr6hkRmBVWCUWaid03Vt1Br6a",
-	"eKP/smw3c92XSIdx2bfiSjAEMX4HSNeXqXCxzmFkinDj9ky4pUBYaxmmYYEbX8e1Tc+IojfG3l8lLEqs",
-	"JW8rlwXGzlxRlfOdXoj45n7ls4zzbtseq5YF3G7oxvH9ftunF66Y6uHVIQxOT07uqj7nrgV0rVOzh8UK",
-	"zRy89TRVvywjyqncOF+Hn1l8u83MlUKwdsT6Fl4PGTZutHj4Y67LCaBlK/aDM3N0eggzPRwYWoAL8R53",
-	"yK1pJD5/CGacPDwz7OZIjd79MXhSY8hbleO8vPfh7lwJd45uXeDyxSq1iQRgYFFd53K4w+1o9c0x1ox/",
-	"dhdBaNj67U7oq+bAL+TLl8DUzUbgDZR6TxTaF2n46hDVPXiAzeksTJLRGyzzq21Uc8zws3l2O8SW2+6D",
-	"8oV5/Kqdr/VEB+37glwatPvGoB0A4h4KeefIHSFpsykiCp0XWMbGNElongNXGFhxQklKjSfLOJBJYIZr",
-	"8vHsJ/L67dlPr6avX04CW7yIlVpjMhgMJsHdlO/xwyrr3d0iZDzpaAKvfHR0+HsYXPRtuV6LtkpLC65Z",
-	"XKSWxLTdFdxlEJrNw3uFpS7p9ZCSd3eD3txNh2Q26fLtWfWmfJyVGZwyb+liJ0V6C6p0FX5ad3kOPEqM",
-	"PbR1nIr05mbEjx/OSe6A3H4tHWX6oNNInNuy6D0EomqN2ItDdZdGFyxxr7jHJv9njeznrKw3yiWsmCgU",
-	"wgyYE/7W4ZKyn2QrWIJc/t2gEvP1NlCyBROZZUWqWU6lHi6EzI5iqunMwiKCg+1TmqkcohnpUfJfH355",
-	"R1y3ihV/M0hIkglpB6sJnyEaMgttAoxi5tFlrcyfhq2kh4gCGnKXzSGz4Qzr6FUxP1qINAap+oSpCbf9",
-	"UjopIWmb/7wS8pLxJYmZhEgLeUNmdRPIrBurOLcNwp1IhYce21wvm1Ztul5VgnXOOEVB3lmnWLZyrcuT",
-	"IfcR8EjEEJdk31kg5Fql7ML8ntvXQ1CwGGVTVVwd+VexAwf6IceHjn/ytfyWD8U8Y5pQTFi2LMpObMYK",
-	"/WFhp72U86EP084w0VYxfaPBf0X0PeGYe6X/yUPTfx2FQcSwbAagKeaUCPAY4udVERwQRW+UBYr7fwjO",
-	"4QE5/GwsS1N31s2jKxcYYFo8JLNULAf6Wps/y+xm+cg2PFU/68Kc4WAwmIUTPqsqEvBfLNiPpm3NENon",
-	"s/85+sFdSPXh57OTJ09nJEEvmkRUSla2bdpr3JBBVXEDNsH5jKA9DH60Vcl3EsjQGxi7X/uFJ6OT012F",
-	"KYcdOyLSoI9sTNYW/53W2H/8YH3RHx+japqPX7jdVtVa1C4js5kmj10ZpmLZqR/vU2wbgWttE7flvWdV",
-	"mCzIgsoB+YdxKGcLkabi6u9GNGYh+QByBfLog4m6X63MHsYTjj6jUbIZgZW9lA2bjJkyEXtS8Euzfjd7",
-	"z7afpoyDcpUnuVCKzVN4TqgFOQQmu47JW/bCrA6ULSSCCFy+w5xgMxbPbIx/o7HORYEmdKFBEqafY/zH",
-	"ObjC3wmfvaFKH+Gaj16/nNm7L1WRwYCcuXs+Z8Bjt4Wmtjqq44nZrZ5v8MqWL9LOjSu7DeX90Z2rkdxs",
-	"8XFT2TOnnqu1+aDruuzR0bOLz8fh8TPv/dh7wmBIP69eey7W/BLczMj4t41KfKyExwp/ranYUboVVPiI",
-	"I35HyBnbve4Pa7ZFruWNlV8eOFcYziPl+pnLpPgP73+1VZfY/7NG851u90fXFneQIrv76h/U8bb88BNW",
-	"O159JYespuSwvixoG0HdZUF3JesGOIWtWUcKzFjj7CaMa2I7r0jvmOQKiliYEDwkJ6Txakgek4xxdpTT",
-	"HGT/OeGC2/sNuMBJVAegVT7znpu9T8dHjy96If6n///7/3m307MpGtdHmsp78Yrm1T1NfyK/6B8J1WVZ",
-	"bn09EUTAVqDIEd6VItsNkpYuzuNJhAJuGW6PDaouMQbwnRZDdynCLiE/d8O+QMr/qm3bBta6Sxe+DlL7",
-	"xYa/fZli2WBgb5fYgHpLoQPqbsLzAxOIhn60HVUPUbjV6AX9yqAjbsqHa7guzm8Rdrz7+WVpXJ5gLmO5",
-	"JgZlSty2AewUCuwtvZd0+J79vBcPKQ3NBt5dUvEtJbn9XLY9Nq7DxN471GI8Ikf2KVOk7jeuJaJZ+bc9",
-	"bvitNfKQNPX+aem/LNV66+ju/GKbg79borG1jC8rzb5DGtLTB4qATti4am7C8WY6eyXYrNVgOQvbvZKP",
-	"lG2RJFQRl8G0CU3So8opmiycgk143etYhop1N2hHEyheCzZrNp/OzIgKJe4TKsEhYLLgZGbs/Mxe/FNe",
-	"xqFoBq5zMSRGxmUKdAUxORu+GJ4NX3i70MUVn3AFENs6lrKJ3WJC7kq+HCC28IIsDBV6CmyzZpPMxIpr",
-	"vzu7+lv7ts0/YJrV1168V8r19061trvPf9+a9T9P0hWpeoMX92H/BDbbdtjSnXjQmnZ8m5Xyu+Ro/Wrf",
-	"b76aq7nY+lAsrxQJ3X2DPCY94yeV//unvuuayYXUA3cqNErBqASyYphqIFq4U9fYxW2ysWe2+AHF5OSr",
-	"iYk3icz0Hz1/7GHq7ur/tk35qwngz9MEsO4Zr90YhPc1orcqJHnr6DWwVGm0xNaXKXy6MNxSmBm1clHI",
-	"1N2kMB4Oj0++G4wGo8Hx+PvR96Pg9uL2/wIAAP//",
+	"7D1pc9s4ln/lFXeqIu3Skuwc3VFqasvpuNPZyeFK3D27FXkliHySMCYBDgDK9qT837dw8JJAHT7SSW/n",
+	"SywRxPHuC09fgoinGWfIlAyGX4KMCJKiQmE+/UTSjNA5e/NKf6IsGAYZUYsgDBhJMRgGNA7CQOA/cyow",
+	"DoZK5BgGMlpgSvQbMy5SooJhkOdmpLrO9FtSCcrmwc1NGHzEjAv1sxvn1vhnjuK6WsTNUp84xhnJEz3z",
+	"PyRnQRggy9Ng+Ln4mBJxEfNLFpx7F80f8ERnRF7cdvaMKIVCv/a/n8nBvwYHz8/d/73xwfmXQXh49MPN",
+	"XzzL3uhZZcaZRIO4U8GnCab6z4gzhcwAl2RZQiOiKGf9zI74DwOw4ZfaJv4icBYMg3/rV5TRt09lv5jX",
+	"rBijjATN9HTBMCAMUAguDBDceD3d8RyZepnHc7R7iGOq3yDJqeAZCkX1jmckkRgGWe2rL0FKrsYaIGlm",
+	"abNE+tFAY/iKphrnh4OB/kiZ+1gChzKFcxTBjRk8nmf5eMFz4aaqb50vUQBVEorVXsBgCIxDQlOqCa+c",
+	"fVDOzvJ0Wk2eJOk44lKNcxmvz3+LyRS/QCa3TVVSI2Xq2RP/3CtguCRJMpYYcRY3gfr4mYZjczW1QCAa",
+	"f48k6BdB0RRfAFVAJUjFswxjUAu0LOcQ8mzw5MdtKLkpv+LTf2Ck9O4MoXzMDTU2CSEiLMJkrPkGpUID",
+	"Yff6lPMECdPvRwKJwnhsBUkJmpgoPND7XmebMJhRRuVi35ekWEeMBtUUpYIlSWhcUNIjCT9/+hgCZxFC",
+	"zBnWkRbzfJrUVqiogMY7yJow4LmKuJYrX0r5JyOuJUsYMD42Oyk4yCMJtcwgjv09j7Rgrj2qEGUfjRNu",
+	"RYn/9dxSL1WYym1SpVAzGvkVZRAhyLX+LBVRuOscn8xgPQuRF96tKSSp90EuyRxbMGvkFxAWw+WCKLgk",
+	"EnKJMfCZ5oZOIThCeH3664ERMyG8ffsOLB+bF7V8CCs2ggRnqhusMcJNXUF8thrDbNkdqYBHg+DDdR5x",
+	"ODjfwGlvqVTr3FaibCfclVzrQRzDKzWOciG58AB89aBmtU3b/WjPtqcWMfJrz3cinqaExQ0gpOTqLbK5",
+	"WgTDJ4PnzzzclJKrN3b00dNnRv65j4froEG2bN9TY7HHRz88+9G/Wv2dw6MfPaBDtqSCs9SBYEVjg8A5",
+	"lQoFxlAbCaXYB01CQJ14L3ZklkopKz+HW1Bb30VYAteH6mlpJ2ylOWdS3ITBgjrjtY4rq3oe72AZOCQ9",
+	"XkdSkqQ+qEWczeg811DTLI4szjhtgC0l11o8gFoIns8X5smcKLwk1x5QrksoJ7ruAnMnKyz1e7kqj6n6",
+	"5nXt7TWhwEzwOI+MKIwFnenD+JRgJvhcoNwu6TTATovBu2pPj0ElogVdYgxuUPi9aliZmw2Pd8RRMfyC",
+	"WslaIirX8mWJgs6cc+JFU4va3qAuGws2tnsfOlRTw70oUMOHD6g9G2S7zu8LjC4w3kKq05zFCVo7hqZk",
+	"jhIuUSAIPFgQzdTmSUpUtMAa8usSIxcCmRqL3E/OxjiuHtREtOKKJL5HKyAoTuLmKl5shcntzImESzlW",
+	"PEGhiaXhQQ16g8GzNbd4KnmSK9Q+gNEDM8pIor0E0FMFDU+27sD1BvrfYYuPWHD/iiM7AwJ1ThpqDImc",
+	"AVGQcql1FJWQEnZtVHt99aOtXrRD3ZrbXwm0nIHibsm6p9MmErTUbwXm4SooBSZE0WUFSiUIZeBUx95g",
+	"bEgcj5qPMaIxxivwpEo6Fy8iLKZaeVkriVh22OnkPvf3pWGxdQbdqARSwugMpRrLBTl6+my7nChnW3/X",
+	"xyh1vbEu53aT+xmhws/ZGxSoRGzOXkQ41meRNEb/HLtotY95zWXU9DQ2RGnl9g6u+pIkY8PIuwz3KSuz",
+	"/WKzm3DwqThOTXEyfdRS4Nn4W6HHWsydk6ZLsGr9KZLwee5xg2eCp4brMsoYavJ3Q6GDicS6LzG9Lm1k",
+	"Q2zdFo0QE78qqK/reb4gIr4kwo90o5382sw8ssyqjfMOqZ2h5qI8kuBipka3gSLzro+uE96uOPUzoHqi",
+	"NEtQ4RD0e5GCaU6TWEJHq0u9ky6QKMJMAVVeINm48Rev1TpNVu2MdQG7YlNk12rRarJGXMTe+erKeGVC",
+	"xUW02C52zDEK5PiI/BckiVq0mCdyk6vcduZqbs1auaxzDteuUc7IktCEaE493+ZOuTl8W3+LJEYx5UTE",
+	"6/vPBJ/RBHeG+CZRVVvoo3nVa8pHXOCt5vyk3/TimIg5qvFekq41/uZ3U1eXCEvAVWAqz7YFCQ4266RE",
+	"xws6X+wu2iM6Tvjl7uOdwbCXf2vMyUwf3MrcHZZJkeyrpMwre+KPJ9dpRqOxeXfnlQq71KOmM8Q4z9bl",
+	"5ZRITChD0CvZ0Gi/ZlyV3+4WOm+N7q6ae9tNtDqdNt4uPcwGKuoEE9apbQXLDkgNetlC0pY11yh6qq03",
+	"l43YATRmuDPit1ptsTM2diNjvztibHQk6SMJNi8BMp+mVErKmQQ+s0a8kwDrqmYnh99hogRF7ZgVoNtM",
+	"q3eotbLHK8YrJcgmrbMLJa6uZjy/sTUy92BE+9qe3Ct5LqKGtZjwuaFYc+Kxk61MG44+K1EqzOQGf3y8",
+	"acDeZrQPWrUUdhM3MSpCEy+PGwO4qfya784oJnGLMm7xRVbozc5QjvdR1ar+LBdd5w4+myGLKZuDGRTC",
+	"5QIZcIbaeFQcpglpYbgNrlNp7nhQQ1WLMWK/2Mpt5v1wkznkdRWnpXO7yRhxLvBN+IBRaLyiahzxuCXY",
+	"9JBBamP9umipxxCYj5XIWURaj5tW0moTFAuhpnU4T8cXNEnaZixc8yZhUiXhuP8S9FOgbCWk5JXVGRHe",
+	"FJOm8frLIZA8pgq4qBJMNial/5hiwtlcE/4uwaMsFxmXzex3qV6MF5zQqSj2vHIEsw39/+2y47JQyJsQ",
+	"URrURYRiHcwZESZvJHBYmTwhFCZRCAJFrqHmtumT1BlGuwQ59DArHcS+PLN/IKXNCNMrxGOeKx89bgrl",
+	"u3C9Oey2qH2LVLqPYP3DJroLNG2LSDfpqJ65tXUGJr/qApJ2XchZglIaY0urljldInsBxH5hmJBcoNSk",
+	"OGL6u0eyHhIJi0lDV7pAU6pMrYNNCcREEegQ0OgBtSAKtMMvgWvSliOm+RtnpmCi2MgCQaJY0giBJAm/",
+	"lMCXKASNUXZ7IxZsSMmvBGrFfBmaI1AG/UsuLmRGIoRLqhY8V0BALjBJgvD/ZSrfBV72yiRrJRkluaRL",
+	"HDMet0TTNMTnqCwqLxc8QdCDtdVClcRkBh1FU23amDjXC3ChfVAiR5hxUdKe9Ea+5lk+TnmMiX/516e/",
+	"gnkMxWYYYixDIBLe//buraNAqqCDvXkPRsH73968enMMvxwOBvDj4PVL+OXlu8ejoLtLRn6e5R7/ZsEv",
+	"bS7FMEJnYE5F4KfTX/WGuqFWc6OAJMkoAJOa0QB6JDXfOWkFjIMmWRRa/IMkisrZNdT4pfPk6EhvkTP8",
+	"MAuGn2vFDc+ebCn4qxQjSRKPijtvatGqqLahR5tnrmlVG0rtmES7QaaE4il2QSpyre1bECjzRFlBkVQ+",
+	"rXzhtQyM5KpqT7QQS4m4sFFlu5Qlr1rRb6va93o26AvaZkRqaCtuJZN5oknp48npxw/jTycnr3zllh4D",
+	"20W9VtnT0PqbV2Ci6P3lYd/A60VJvLR0kcmcUCZdQHh7qQhNkedqQ0VnSS4/Pntym7LMUq/X7Kx/5pib",
+	"TGsmMCPCJiGqdIRNCNq/ZR5FiLEZPSM0MX/slKhoCXrcyh32lmzOBIkMHfMZuOgUCIy0HsJ4CB1jKsGB",
+	"4WXoV59tsLL7AgbWXaPMJAR3i08xTiWOZwnnnh3VmcsMLIIkAmcokEVo9K+VcgTqB7AlRtlum6hFpdcl",
+	"a5FeATeqpNFLIs3yMdS9gJ3sZTU2wHPxgNW0bv1sxVkssG3s1+Z7qYQqKLxL/GXsosq7L2pfuNuq9xks",
+	"v3VKknpEXLPwAEb5YPA4+mtxZpORIrWUujGgqE20G3vPl8XzR/MrgJWMIYXX4j1z515N+hA294cpfJWZ",
+	"W7Ne2jyVqPwho6ZZ1ar510X9gjI1TnCJyb5Js5YQwKZckWUfUaY2PPH1nCp8MOazcdpHJTOYSJVAuGD8",
+	"kt2KH3fnpU2nviW7aX4yRD1OKcsVyh3qi2y23kB5BR+rOw1XKl4rfijI15fx8myqSWReBnKe9goD3SIw",
+	"1pJp9idyawu07eonM2TP6qpiE5t8cD35ez3Ou7e27bx3M7dfsbI3rJ4d+S5YhcEZv0Bmz+TJLbYHPPRr",
+	"62wnF/ySmVshL0AqY/dxllxbtb4gcrE1IVVcCTDz+w7920q+649Q5rtrqW797PdfsQudJYqYRsqoSFMR",
+	"JpX23BSNZAi4RHFtDabisQ1/d7/fUt/9L9M4ENW9Buvu2bJa1Oc3f1IWcebCDdvrMB7iOkydWu4jSNjg",
+	"vIeLFnqJfJ3Rb113e4vShNZS3ZIexpKPZ2SHc2+t4a0f/3alvEWUfewtbLX3N2xm4pGsZEAVbNDS2lwO",
+	"KwoYOs71HtYNprot1d0lr1HmAe66r6qGgjKpkJjbatoQkbtsIyVXY+uwjws/s1mgG67pNO008tlqYayJ",
+	"B6fkGvRsMMUZF9anjBJCUxvrKqVBGa0Y9J4/33JXdi8v9gWkuVQwdcBzsedH0oXf5KMSezsFBKuCBweO",
+	"wzV4mMPzGSCJFuCqPOu3lmunO9o9lFRQFlwuuKm6NDZ6Bc4pEiXveF/LrHzuu5koMcoFVdeftKgrilCI",
+	"QFFeITcWhP2qnGChVGavjFM24z4nJBPcEou5M6l9UMrmLgwnobjKQ6fJNVBWVqBypghlKGxs0XGCHLGE",
+	"z2UILl0aAhGKzkjkQpDWvoKi+tlgqNDYvREbsRP7yQVocxajgP7y0MaXYXKcqwUX9F+uHvylOavzpo01",
+	"Zv7ESQ+O7e3PWloTyIhp5WUyL0hSkIjSWn7aTNA2oY2pEmZSJ0X1jKngZ/JSH/XJ4Em3B2faLIlTykbM",
+	"LtKxkcrjV+/evB+fffjbyfuuPqO5qqFnsYe311HtMU2thAmwTtoaA0yg8/Hnn+D5k6c/dK010yxamJiq",
+	"hYmeesT0o4m1sCbOO+QMwcyN0uZ0XP2BxbjNykp3sb132BuYnHWGjGQ0GAaPe4PeY+0+EbUwpNZfmCrR",
+	"f+m/3TVBLc/Nvt/EwTB4jeoXN2SlIcLRYLChGcJ+TRBcraqvB0KijZg6owTDz+faa0xTIq6DYfCWLpGh",
+	"lFZFZIJHKGWB2555tV/L87edssjxbz2lwivVzxJCV87naSDRPIrbBLgI0KngKaoF5pqarhQ49bHpqLVX",
+	"3GTufA7DvWuSJpsO+SFDdnz6Zj9UFpPucVR9PrcWxDzKjde+6WRnWoMUI92hBJL4eiNlfrQjfhfCNLvT",
+	"3PV08Phr8AHEmCGLkUUmmWVasWyCqIYNtXzxikcXKEIXh9K2ghFclRvmEtskWpBpgg78y8O+yRodFIrZ",
+	"iwVt3Re3yU2Rca3bzWd/85mi1Yan98zTQeP61Nbcin8B5wjUV6jp7mdP1pX1+QOSUKM1gBezGZkbK69K",
+	"0mm6emL34Ju63GvVPUaPP9xj/E2T+8qq0moPITC81Pp6RoXUPBkGGZcef36S5omiGRGqr2XYQUwUmVjd",
+	"prWVKciZyAyjCXQI/NenD+9hpf9AF0whBM+sm5Fch7ZsomiUorW4sbK1HT4xf03MvBI6WstXNQqFHq/S",
+	"nZKweMqvMIaEXmjKN2ZJOGJmg4zD69Nfw9K7cHEFIApMPjF0Bg5DpdewlrfhlMLKMHq3BNzx6ZsRKwyH",
+	"1yfvz8a/fnwbgjXfoP69MSiG8PrkDPr2jn5oP9hlTz98OoN+2QRjxMyzWlOM+sf+Fxrf+L7rJ3zeLbld",
+	"W4LuzvyIdT6cnrw/fjN+efzpxG7SfXF8+mb8t5P/GUI/WhDVd/dtKNcU0Tf1AbLbA2vSucW0QCJsxLiI",
+	"KSMuVFMrRg5Ln+qFSwZrIUSdr9fS4sWaN01pY6OFZYMMa2OjVC95fL3CsB6ibPLsag40WQlMlO7c1JzJ",
+	"e9lyNRLkSo1WGVzT/AGyiMcYr9L+1rCkmdTjOtystr26WRNih/cuxHwCzNW/PbzM0uMf7zf+cN/xT/cb",
+	"f3S01/ine+2/IaPfmmY5TswYWcRZUW3m8orENdXxKXAjDjbZUjWmWtHhvt1WQ/q1jnZfRY+22ZulzP86",
+	"hPhkH0S24KNvY6pGGjnVuiLvzPMHQs3RV0GNPSJUYePvBztVAmMb03ws+o7cHj/h1tGNxo53ZrX1SJRx",
+	"bMs2j/s7fA5c3xx+9fjnt6KHPKZqi+tjh/zp97R0YdnB6bEQ/P0cHrN+09mBjiqCgTaeSJKku8EDOiHR",
+	"oqg5dN1BykRlmU2wd+U7Al12mlr7eMGlgoREFxKo6oaNd0bMmKWh3oTtB1MvRF4SQbW/LsOyrqqKwa8G",
+	"651fVE681n6m6Lbhms8YOAyLa/uuAp1DwtkchWtLI81mXbycSmC4RDFiFgJhFWQwVajIYgkT1zVqApJc",
+	"UzaHywWNFhssfXenpN3MvyN9Fkb41zanbYei39eW3st2vWnGlmwHnJVGNR1Tq10vQbaBdtktblFkRNTD",
+	"S4b1tlumjgi+UbO0DZUl6X/LFk+FgV1t0QdAxtHDI+N7skJrONnBArVS7E/z849nftZ0/WYj9KQ+8I54",
+	"uUuVTr0P0lp0bMciHF+ixXcNS96DBVifzgaLU3JtbjlVOqo+pv9FP7vpm45D7YLypX580ixX9XgHzTb2",
+	"rgq0vZH9lvqJHRjy1olL266ZJjHwXGW5ucVDFSxIliGTJnjOgEBCtCVLGcIo0MMVnB2/hjfvjl+fjN+8",
+	"GgX27pa5qDKEXq83Cr5KCHBfZr29WWQQDy09sEob3Rj8HeNcdG04vAFbqYStLbBp4YoSk2ZTpDaFUO+d",
+	"tJNb6mr+HpLybq/Q66dpocw6XL49rV6nj+OigK0o23S+k4TOjEhVup/WXJ4iixZaH9p0iYSOyZT8/Okj",
+	"ZK6OpVtRx9Yk7e752fJm+E4Yqi6pt4Ul7jXusY7/Sa34c1JknTKBS8pzacIMpiT2Ww+X7JQh/n1zww+d",
+	"FXaX9S3560FcQMqFHSxHzGV+Q1v/R0xK2BXt6T81WqFjIgpGkbtiNpj0J+YascynBzOexChkF6gcMdsu",
+	"Qi2Kihxb/nnJxQVlc4ipwEhxcQ2TKr88aY9VfLcJyaJHwk6JyNBt7PdOSLZkG9w12j9Tkfuw+Kd8mlIF",
+	"xNRrNjTK1tjMbbJS9reiHlqYtrqJ33SCcN/U4L3C/+ih4b8ahTERw+IuNElMSR0gizF+Ud4BQpDkWtpA",
+	"cfe7wJwRkP0vWrPUeWdVPbpq6Z6pCg5hkvB5T10p/WdR3Fk8sv0eyo/VvYR+r9ebhCM2KQuyzTc22G9U",
+	"24oitE8m/33wk+vH++mX46OnzyawMFY0REQIWnStsV2sDYLK2m7TA8SnBK0w+NleyrwVQYZex9h92s09",
+	"GRw92VaXv5/Y4ZFCdWB9sib5b9XGfvFjrld8/zGquvr4wOyxys4KzVs0NtPk0Sv9hM9b+eM0Mbfm8UrZ",
+	"4ryi7XPpJnOYEdGDv2uDcjLjScIv/6pJYxLCJxRLFAeftNd9stRnGI6YsRk1k00Al7as0PRYolJ77Iuc",
+	"Xej9u9k7tvtOQhlKV3ifcSnpNMEXQGyQg5tk1yG8oy/17lDaexQYoct3aAk2ofHE+vjXypT5S1RAZsr8",
+	"Ot4L4/8xhu7e44hN3hKpDsyeD968mtjW/zJPsQfH7mcOJshid4Q6tzqoG4nZzp5vTcfKO3Hn2i9Jasj7",
+	"vTt3RWy9w4Gbysqcaq7G4YO2X3EcHDw//3IYHj73/mzjjmEwAz8vX3t+V+AucTNN4992VOKsJB5L/BWn",
+	"moY6G4MKZ2bE7xhyNt0u7i/WbO/4FQ377+44lzGcR9K1cyqS4j+d/mpr90z7gxWYbzW7z1xXkL0Y2f2M",
+	"6oMa3hYffsAqh6uvZJBVkOxXvVI3AdT1Sr0tWNeCU6YzxYFEPVYbuwvKFNjGE9A5hExiHnPtgodwBLVX",
+	"Q3gMKWX0ICMZiu4LYJzZ9m6Mg/1lNn9Aq3jmlZudz4cHj887ofmv++/d/7yd9KyTxtWBIuJerKJp2ab2",
+	"D2QX/X1BVHErserOihHSJUo4MMW7otkfxsLFWTwLLpFZhFuxQeSF8QF80qLvesJtI/KPbtgdqPzP2rZN",
+	"wVrXc+7rRGrvrPibveSL+9XE3dpYCfUWRIfENQL3ByZMNPTMNpR4iMKtWiucrxx0NIfyxTVcE5tvMex4",
+	"e/llYVxIMJexXCGDIiVe/bj2RqIwrXXuJR2+Yzuj84ekhnr/om1U8S0luf1YdnfU7N1323a1gXgTObJP",
+	"qYSq3VJFEfXKv81+w2+NkfukqXdPS/+pqVY752zPLzYx+LslGhvbuFtp9i3SkJ42OO6CatVpe8RMY27b",
+	"EXnS6C8zCZutYh7J1rurRDpGE7ljsBGrWr0UrmLVDKelB47pijyp996Z6BFllLgLRKCLgImcwUTr+Ynt",
+	"e1r0IpQkRde4JQRN4yJBssQYjvsv+8f9l94mXPySjZjE4lpn0cPLxoRcR/IMMbbhBZFrKHQk2l41dTCD",
+	"Jddue3b1t+aPDXyHaVZfd6Xv4u5ns/nWn/c/7yfpaqB6bfqWm/sTptdQiy7dGg9a4Y5vs1J+Gx2t/rLJ",
+	"N1/NVd9sJRSLjoqha7fOYuhoO6n49duuuzWTcaF6TirUSsGIQFhSk2oAxZ3U1XpxE23smC1+QDI5+mpk",
+	"4k0iU/W95489SN1e/d/UKX9eAvjjXAJYtYxXGqaadvXGWuUC3jl49SxUah2Bql5yn881tqTJjFq6yEXi",
+	"GskN+/3Dox96g96gdzj8cfDjILg5v/m/AAAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -5,7 +5,8 @@
 //
 // # Sandbox defaults
 //
-// Every container made from a Spec has: no network (NetworkMode "none"); a read-only
+// Every container made from a Spec has: no network (NetworkMode "none"; an agent
+// container may join an agent network instead, see Spec.Network); a read-only
 // root filesystem; a tmpfs at /tmp (size Limits.TmpBytes, mode 1777, nosuid, nodev,
 // exec so that JIT compilers such as Triton can load what they build); the host
 // Workspace bind-mounted read-write at /workspace, which is the working directory;
@@ -30,6 +31,7 @@ package sandbox
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"path"
 	"regexp"
 	"slices"
@@ -125,6 +127,12 @@ type Spec struct {
 	// Devices are GPU device requests (sandbox/gpu: an allocation's DeviceRequests,
 	// driver "nvidia" by UUID); none for a CPU run.
 	Devices []container.DeviceRequest
+	// Network is "" (the default) for no network at all; otherwise, for agent
+	// containers only, the name of an AgentNetwork (EnsureAgentNetwork) the
+	// container joins. Its host firewall (Firewall) must be in place before the
+	// container starts: the network alone does not keep it from the host's services.
+	// Such a container has no DNS resolver beyond Docker's names on the network.
+	Network string
 }
 
 var runIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
@@ -179,6 +187,11 @@ func normalize(spec Spec) (Spec, error) {
 			return spec, fault.Userf("sandbox: %s.Target %q: mounted twice", field, m.Target)
 		}
 		targets[t] = true
+	}
+	if spec.Network != "" {
+		if err := validNetworkName(spec.Network, fault.Userf, "Spec.Network"); err != nil {
+			return spec, err
+		}
 	}
 	if spec.Timeout < 0 {
 		return spec, fault.Userf("sandbox: Spec.Timeout %v: must not be negative", spec.Timeout)
@@ -374,6 +387,19 @@ func ContainerConfig(spec Spec) (*container.Config, *container.HostConfig, error
 			Ulimits:        []*container.Ulimit{{Name: "core", Soft: 0, Hard: 0}},
 			DeviceRequests: slices.Clone(spec.Devices),
 		},
+	}
+	if spec.Network != "" {
+		hc.NetworkMode = container.NetworkMode(spec.Network)
+		// Docker's embedded DNS server (127.0.0.11 in the container) forwards names
+		// it does not know to external resolvers; before the fix of CVE-2024-29018
+		// (Docker 23.0.11, 25.0.5, 26.0) it does so for internal networks too, from
+		// the host's network namespace when the host's resolver is on loopback: a
+		// way out for data. An explicit loopback resolver is one in the container's
+		// own namespace, where nothing answers. Names on the network still resolve.
+		// (IPv6: Docker disables it in a container on IPv4-only networks, and
+		// Firewall drops IPv6 from the bridge; a sysctl here would fail the start
+		// on a host booted without IPv6.)
+		hc.DNS = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
 	}
 	return cfg, hc, nil
 }

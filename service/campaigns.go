@@ -48,7 +48,7 @@ func (s *Server) CreateVerification(c *echo.Context) error {
 		return fmt.Errorf("staging: %w", err)
 	}
 	defer os.RemoveAll(staging) // moved away on success
-	raw, files, err := s.readSubmission(req, staging, false)
+	raw, files, err := s.readSubmission(req, staging, true, false)
 	if err != nil {
 		return err
 	}

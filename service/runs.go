@@ -53,7 +53,7 @@ func (s *Server) CreateRun(c *echo.Context) error {
 		return fmt.Errorf("staging: %w", err)
 	}
 	defer os.RemoveAll(staging) // renamed away on success
-	specRaw, files, err := s.readSubmission(req, staging, true)
+	specRaw, files, err := s.readSubmission(req, staging, true, true)
 	if err != nil {
 		return err
 	}
@@ -89,7 +89,7 @@ func (s *Server) tmpDir() string {
 
 // readSubmission streams the multipart body: the spec part into memory (bounded),
 // each file part to its path under dir.
-func (s *Server) readSubmission(req *http.Request, dir string, filesRequired bool) ([]byte, []string, error) {
+func (s *Server) readSubmission(req *http.Request, dir string, specRequired, filesRequired bool) ([]byte, []string, error) {
 	mr, err := req.MultipartReader()
 	if err != nil {
 		return nil, nil, fieldProblem(http.StatusBadRequest, "body", "not a multipart body: "+err.Error())
@@ -139,7 +139,7 @@ func (s *Server) readSubmission(req *http.Request, dir string, filesRequired boo
 			return nil, nil, fieldProblem(http.StatusBadRequest, part.FormName(), "unknown part: the body has one 'spec' part and 'files' parts")
 		}
 	}
-	if spec == nil {
+	if spec == nil && specRequired {
 		return nil, nil, fieldProblem(http.StatusBadRequest, "spec", "missing: a JSON run spec part named 'spec' is required")
 	}
 	if len(files) == 0 && filesRequired {

@@ -47,7 +47,9 @@ type Config struct {
 	TaskOverrides  bool            // let task runs name their own environment, command, limits
 	EnvCatalog     *images.Catalog // the pinned environment catalogue (nil: none)
 	EnvBuilder     EnvBuilder      // builds catalogue environments (nil: no builds over the API)
-	Campaigns      *verify.Service // verifications and audits (nil: refused with 503)
+	Campaigns      *verify.Service // verifications, audits, agent runs (nil: refused with 503)
+	Agents         bool            // agent containers have their network and listener
+	LLMEndpoints   []string        // names of the LLM gateway's endpoints
 }
 
 // Server is the API.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,10 @@ type Campaign struct {
 	UpdatedAt       time.Time
 	FinishedAt      *time.Time
 }
+
+// CampaignDir is where a campaign keeps its files while it runs (staged
+// submissions; an agent run's token, task bundle and trajectory).
+func CampaignDir(dataDir, id string) string { return filepath.Join(dataDir, "campaigns", id) }
 
 const campaignColumns = `seq, id, kind, team_id, (SELECT name FROM teams WHERE teams.id = campaigns.team_id), task, subject, state, spec,
 	progress, outcome, report, report_location, reason, cancel_requested, created_at, updated_at, finished_at`

@@ -65,6 +65,7 @@ const (
 	PurposeVerification = "verification"
 	PurposeAudit        = "audit"
 	PurposeAttempt      = "attempt" // an agent run's attempt
+	PurposeAgent        = "agent"   // an agent run's agent container
 )
 
 // Run is one submitted run and everything known about it.
@@ -138,7 +139,11 @@ func (s *Store) CreateRun(ctx context.Context, r Run) (Run, error) {
 		if r.Seq, err = res.LastInsertId(); err != nil {
 			return err
 		}
-		_, err = s.river.InsertTx(ctx, tx, RunArgs{RunID: r.ID}, nil)
+		var opts *river.InsertOpts
+		if r.Purpose == PurposeAgent {
+			opts = &river.InsertOpts{Queue: QueueAgents}
+		}
+		_, err = s.river.InsertTx(ctx, tx, RunArgs{RunID: r.ID}, opts)
 		return err
 	})
 	if err != nil {

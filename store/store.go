@@ -45,6 +45,9 @@ type Options struct {
 	Workers *river.Workers
 	// Concurrency is how many jobs run at once in this process (default 1).
 	Concurrency int
+	// AgentConcurrency is how many agent containers run at once (queue "agents",
+	// default 4): they wait on their attempts, which need the default queue's slots.
+	AgentConcurrency int
 	// MaxJobTime bounds a job's run time; River rescues jobs stuck longer than this plus an hour.
 	MaxJobTime time.Duration
 	Logger     *slog.Logger
@@ -95,7 +98,13 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.Workers != nil {
 		cfg.Workers = opts.Workers
-		cfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: opts.Concurrency}}
+		if opts.AgentConcurrency <= 0 {
+			opts.AgentConcurrency = 4
+		}
+		cfg.Queues = map[string]river.QueueConfig{
+			river.QueueDefault: {MaxWorkers: opts.Concurrency},
+			QueueAgents:        {MaxWorkers: opts.AgentConcurrency},
+		}
 	}
 	rc, err := river.NewClient(riversqlite.New(db), cfg)
 	if err != nil {

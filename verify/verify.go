@@ -69,10 +69,11 @@ type Service struct {
 	archive archive.Store
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	running map[string]bool
-	wg      sync.WaitGroup
-	ctx     context.Context
+	mu        sync.Mutex
+	attemptMu sync.Mutex // SubmitAttempt's budget check and creation are one step
+	running   map[string]bool
+	wg        sync.WaitGroup
+	ctx       context.Context
 }
 
 // New makes the service; Start launches its campaigns.
@@ -95,7 +96,7 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.ctx = ctx
 	s.mu.Unlock()
-	for _, kind := range []store.CampaignKind{store.KindVerification, store.KindAudit} {
+	for _, kind := range []store.CampaignKind{store.KindVerification, store.KindAudit, store.KindAgent} {
 		cs, err := s.store.UnfinishedCampaigns(ctx, kind)
 		if err != nil {
 			return err
@@ -134,6 +135,8 @@ func (s *Service) launch(c store.Campaign) {
 			drive = s.driveVerification
 		case store.KindAudit:
 			drive = s.driveAudit
+		case store.KindAgent:
+			drive = s.driveAgent
 		default:
 			return
 		}
@@ -180,7 +183,7 @@ func (s *Service) Cancel(ctx context.Context, kind store.CampaignKind, teamID, i
 
 // campaignDir holds a campaign's staged files (the sides' submissions).
 func (s *Service) campaignDir(id string) string {
-	return filepath.Join(s.cfg.DataDir, "campaigns", id)
+	return store.CampaignDir(s.cfg.DataDir, id)
 }
 
 // newSeed draws a seed not in used.

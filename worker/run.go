@@ -30,7 +30,15 @@ func (e *Executor) run(ctx context.Context, r store.Run) (store.Run, error) {
 		return e.failTo(ctx, r, err)
 	}
 	e.taskSandbox(t, &spec)
-	alloc, err := e.acquireGPUs(ctx, r, p)
+	if err := e.agentSandbox(r, &spec); err != nil {
+		logf.Close()
+		return e.failTo(ctx, r, err)
+	}
+	var alloc *gpu.Allocation
+	if r.Purpose != store.PurposeAgent {
+		// An agent container holds no GPUs and no node: its attempts need them.
+		alloc, err = e.acquireGPUs(ctx, r, p)
+	}
 	if err != nil {
 		logf.Close()
 		if ctx.Err() != nil {

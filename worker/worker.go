@@ -50,6 +50,7 @@ type Config struct {
 	GPUs         *GPUs             // the node's GPUs (nil: a CPU-only worker)
 	Telemetry    time.Duration     // GPU sampling interval (default 1s)
 	ArchiveRetry time.Duration     // first back-off when the archive is unreachable
+	Agents       *Agents           // how agent containers reach repro (nil: no agent runs)
 }
 
 // Executor runs runs. One per process.

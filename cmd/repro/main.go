@@ -65,6 +65,9 @@ Client (REPRO_URL, default http://127.0.0.1:8080; REPRO_TOKEN):
   repro audit --run ID | --verification ID [--time-tolerance F]
                                     re-run archived runs and compare: reproduced or drifted
   repro audit status ID | report ID [--markdown]
+  repro agent --task ID --env NAME [--hints 1,2] [--llm NAME] [--max-attempts N] [FILE...] -- CMD...
+                                    an agent iterating on a task within a budget; scored by its best attempt
+  repro agent status ID | report ID [--markdown]
 
 Local (on a worker host):
   repro tasks sync [--from DIR]     fetch and verify the tasks' pinned files
@@ -143,6 +146,8 @@ func run(ctx context.Context, args []string) error {
 		return verifyCmd(ctx, args[1:])
 	case "audit":
 		return auditCmd(ctx, args[1:])
+	case "agent":
+		return agentCmd(ctx, args[1:])
 	case "version":
 		fmt.Println(reproVersion())
 		return nil

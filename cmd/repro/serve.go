@@ -57,6 +57,10 @@ type serveConfig struct {
 	reapEvery      time.Duration
 	profile        string
 	taskOverrides  bool
+	agents         bool
+	agentPort      int
+	agentConc      int
+	llmEndpoints   string
 }
 
 func defaultDataDir() string {
@@ -95,6 +99,10 @@ func serveFlags(name string) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.reapEvery, "reap-every", time.Minute, "how often leftover containers and files of ended runs are removed")
 	fs.StringVar(&c.profile, "hardware-profile", "", "this worker's hardware profile for scoring (default: from its GPUs and CPUs, e.g. 8xh100 or cpu-2core)")
 	fs.BoolVar(&c.taskOverrides, "task-overrides", false, "let task runs name their own environment, command, limits and task variables")
+	fs.BoolVar(&c.agents, "agents", true, "run agent runs: an internal Docker network whose only reachable address is repro's agent listener (firewalled with iptables: needs root)")
+	fs.IntVar(&c.agentPort, "agent-port", 0, "port of the agent listener on the agent network's gateway (0: any free port)")
+	fs.IntVar(&c.agentConc, "agent-concurrency", 4, "agent containers run at once (they do not take --concurrency's run slots)")
+	fs.StringVar(&c.llmEndpoints, "llm-endpoints", "", "JSON file of the LLM gateway's endpoints: [{name, base_url, api_key_env, models, prompt_price_per_mtok, completion_price_per_mtok}]")
 	describeEnv(fs)
 	return fs, c
 }
@@ -309,7 +317,12 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 		allEnvs[name] = img
 	}
 	workers := river.NewWorkers()
-	st, err := store.Open(ctx, store.Options{DataDir: c.dataDir, Workers: workers, Concurrency: c.concurrency, Logger: log})
+	llmEndpoints, err := loadLLMEndpoints(c.llmEndpoints)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, store.Options{DataDir: c.dataDir, Workers: workers, Concurrency: c.concurrency,
+		AgentConcurrency: c.agentConc, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -317,6 +330,17 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 	instance, err := instanceID(c.dataDir)
 	if err != nil {
 		return err
+	}
+	var agents *agentListener
+	var agentsWorker *worker.Agents
+	if c.agents {
+		if agents, err = startAgentNetwork(ctx, docker, instance, c.agentPort); err != nil {
+			log.Warn("agent runs are disabled", "err", err)
+			agents = nil
+		} else {
+			agentsWorker = agents.workerConfig()
+			defer agents.close(context.WithoutCancel(ctx), docker, log)
+		}
 	}
 	exec := worker.New(worker.Config{
 		DataDir:      c.dataDir,
@@ -335,6 +359,7 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 		Profile:   c.profile,
 		Images:    &worker.Images{Catalog: envCatalog, Builder: builder, Client: imgClient, Watermark: int64(c.imageWatermark)},
 		GPUs:      &worker.GPUs{Node: node, Allocator: alloc},
+		Agents:    agentsWorker,
 	}, st, docker, ar, log)
 	var api *service.Server
 	var campaigns *verify.Service
@@ -349,9 +374,22 @@ func serve(ctx context.Context, args []string, withAPI bool) error {
 			GPUCheck: alloc.Check, Tasks: catalog, TaskStore: taskStore,
 			RefsDir: filepath.Join(c.dataDir, "refs"), TaskOverrides: c.taskOverrides,
 			EnvCatalog: envCatalog, EnvBuilder: envBuilder{envCatalog, builder}, Campaigns: campaigns,
+			Agents: agents != nil, LLMEndpoints: endpointNames(llmEndpoints),
 		}, st, ar, log)
 		if err != nil {
 			return err
+		}
+		if agents != nil {
+			gw, err := newGateway(st, c.dataDir, llmEndpoints, log)
+			if err != nil {
+				return fmt.Errorf("LLM gateway: %w", err)
+			}
+			var llm http.Handler
+			if gw != nil {
+				llm = gw
+			}
+			go agents.serve(ctx, api.AgentHandler(llm), log)
+			log.Info("agent listener", "url", agents.url(), "network", agents.net.Name, "llm_endpoints", endpointNames(llmEndpoints))
 		}
 	}
 	defer exec.Wait() // runs before st.Close: recovery goroutines finish first

@@ -322,7 +322,18 @@ func campaignShow(ctx context.Context, cmd string, args []string) error {
 	if args[0] == "report" {
 		var status int
 		var body []byte
-		if cmd == "verify" {
+		if cmd == "agent" {
+			p := openapi.GetAgentRunReportParams{}
+			if *markdown {
+				f := openapi.GetAgentRunReportParamsFormatMarkdown
+				p.Format = &f
+			}
+			resp, err := a.c.GetAgentRunReportWithResponse(ctx, id, &p)
+			if err != nil {
+				return connErr(a, err)
+			}
+			status, body = resp.StatusCode(), resp.Body
+		} else if cmd == "verify" {
 			p := openapi.GetVerificationReportParams{}
 			if *markdown {
 				f := openapi.GetVerificationReportParamsFormatMarkdown
@@ -351,6 +362,17 @@ func campaignShow(ctx context.Context, cmd string, args []string) error {
 		_, err = os.Stdout.Write(body)
 		return err
 	}
+	if cmd == "agent" {
+		resp, err := a.c.GetAgentRunWithResponse(ctx, id)
+		if err != nil {
+			return connErr(a, err)
+		}
+		if resp.JSON200 == nil {
+			return apiError(resp.StatusCode(), resp.Body)
+		}
+		printAgentRun(os.Stdout, resp.JSON200)
+		return nil
+	}
 	if cmd == "verify" {
 		resp, err := a.c.GetVerificationWithResponse(ctx, id)
 		if err != nil {
@@ -371,4 +393,184 @@ func campaignShow(ctx context.Context, cmd string, args []string) error {
 	}
 	printAudit(os.Stdout, resp.JSON200)
 	return nil
+}
+
+// agentCmd starts an agent run and follows it to its score.
+func agentCmd(ctx context.Context, args []string) error {
+	if len(args) > 0 && (args[0] == "status" || args[0] == "report") {
+		return campaignShow(ctx, "agent", args)
+	}
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	task := fs.String("task", "", "the task the agent works on (required)")
+	env := fs.String("env", "", "the environment the agent runs in (required)")
+	hints := fs.String("hints", "", "hint levels given to the agent, e.g. 1,2")
+	llm := fs.String("llm", "", "the LLM endpoint the agent may use through the gateway")
+	maxAttempts := fs.Int("max-attempts", 0, "attempt budget (server default 20)")
+	maxWall := fs.Int("max-wall", 0, "the agent's wall time in seconds (server default 3600)")
+	maxGPUHours := fs.Float64("max-gpu-hours", 0, "GPU-hours over the attempts (0: no limit)")
+	maxTokens := fs.Int64("max-llm-tokens", 0, "LLM tokens (0: no limit)")
+	maxCost := fs.Float64("max-llm-cost", 0, "LLM cost in USD (0: no limit)")
+	detach := fs.Bool("detach", false, "print the agent run ID and return at once")
+	var envs listFlag
+	fs.Var(&envs, "e", "KEY=VALUE environment variable for the agent (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: repro agent --task ID --env NAME [--hints 1,2] [--llm NAME] [budget flags] [FILE...] -- CMD...")
+		fmt.Fprintln(os.Stderr, "       repro agent status ID | report ID [--markdown]")
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	files, command := splitCommand(fs.Args())
+	if *task == "" || *env == "" || len(command) == 0 {
+		return usageError{"agent: --task ID, --env NAME and -- CMD... are required"}
+	}
+	spec := openapi.AgentRunRequest{Task: *task}
+	spec.Agent.Environment, spec.Agent.Command = *env, command
+	if len(envs) > 0 {
+		m := map[string]string{}
+		for _, kv := range envs {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return usageError{fmt.Sprintf("agent: -e %q: want KEY=VALUE", kv)}
+			}
+			m[k] = v
+		}
+		spec.Agent.Env = &m
+	}
+	if *hints != "" {
+		var hs []int
+		for _, h := range strings.Split(*hints, ",") {
+			var n int
+			if _, err := fmt.Sscan(h, &n); err != nil {
+				return usageError{fmt.Sprintf("agent: --hints %q: want levels like 1,2", *hints)}
+			}
+			hs = append(hs, n)
+		}
+		spec.Hints = &hs
+	}
+	if *llm != "" {
+		spec.Llm = llm
+	}
+	b := openapi.AgentBudget{}
+	if *maxAttempts != 0 {
+		b.MaxAttempts = maxAttempts
+	}
+	if *maxWall != 0 {
+		b.MaxWallSeconds = maxWall
+	}
+	if *maxGPUHours != 0 {
+		f := float32(*maxGPUHours)
+		b.MaxGpuHours = &f
+	}
+	if *maxTokens != 0 {
+		b.MaxLlmTokens = maxTokens
+	}
+	if *maxCost != 0 {
+		f := float32(*maxCost)
+		b.MaxLlmCostUsd = &f
+	}
+	spec.Budget = &b
+	uploads, err := collectFiles(files)
+	if err != nil {
+		return err
+	}
+	a, err := newAPI()
+	if err != nil {
+		return err
+	}
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	if err := writeSubmission(mw, spec, uploads); err != nil {
+		return err
+	}
+	resp, err := a.c.CreateAgentRunWithBodyWithResponse(ctx, mw.FormDataContentType(), &body)
+	if err != nil {
+		return connErr(a, err)
+	}
+	if resp.JSON201 == nil {
+		return apiError(resp.StatusCode(), resp.Body)
+	}
+	ar := resp.JSON201
+	fmt.Fprintf(os.Stderr, "agent run %s on task %s started\n", ar.Id, ar.Task)
+	if *detach {
+		fmt.Println(ar.Id)
+		return nil
+	}
+	last := ""
+	for {
+		resp, err := a.c.GetAgentRunWithResponse(ctx, ar.Id)
+		if err != nil {
+			return connErr(a, err)
+		}
+		if resp.JSON200 == nil {
+			return apiError(resp.StatusCode(), resp.Body)
+		}
+		ar = resp.JSON200
+		line := fmt.Sprintf("agent %s: %s, %d runs", ar.Id, ar.State, len(ar.Runs))
+		if u := ar.Usage; u != nil {
+			line += fmt.Sprintf(", attempts %v, LLM %v tokens", (*u)["attempts"], usageMap(*u).llmTokens())
+		}
+		if line != last {
+			fmt.Fprintln(os.Stderr, line)
+			last = line
+		}
+		if ar.State != openapi.CampaignStateRunning {
+			printAgentRun(os.Stdout, ar)
+			if ar.Outcome == nil || *ar.Outcome != openapi.Scored {
+				return exitCode(1)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(os.Stderr, "stopped following; the agent run goes on (repro agent status %s)\n", ar.Id)
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+type usageMap map[string]any
+
+func (u usageMap) llmTokens() any {
+	if llm, ok := u["llm"].(map[string]any); ok {
+		return llm["total_tokens"]
+	}
+	return 0
+}
+
+func printAgentRun(w io.Writer, ar *openapi.AgentRun) {
+	outcome := string(ar.State)
+	if ar.Outcome != nil {
+		outcome = string(*ar.Outcome)
+	}
+	fmt.Fprintf(w, "agent run %s (task %s, team %s): %s", ar.Id, ar.Task, ar.Team, outcome)
+	if ar.Fsr != nil {
+		fmt.Fprintf(w, ", FSR %.3f", *ar.Fsr)
+	}
+	fmt.Fprintln(w)
+	if ar.Reason != nil {
+		fmt.Fprintf(w, "  %s\n", *ar.Reason)
+	}
+	if ar.Report != nil {
+		if reasons, ok := (*ar.Report)["reasons"].([]any); ok {
+			for _, r := range reasons {
+				fmt.Fprintf(w, "  - %v\n", r)
+			}
+		}
+	}
+	for _, r := range ar.Runs {
+		fmt.Fprintf(w, "  %s %-8s %s", r.Id, r.Side, r.State)
+		if r.ValLoss != nil {
+			fmt.Fprintf(w, ", val loss %.4f", *r.ValLoss)
+		}
+		if r.TrainTimeMs != nil {
+			fmt.Fprintf(w, ", train %.0f ms", *r.TrainTimeMs)
+		}
+		fmt.Fprintln(w)
+	}
+	if ar.ReportLocation != nil {
+		fmt.Fprintf(w, "report: %s (repro agent report %s [--markdown])\n", *ar.ReportLocation, ar.Id)
+	}
 }
