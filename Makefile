@@ -22,7 +22,7 @@ vet:
 # Every test, against the real Docker engine and MinIO (missing either fails, not skips).
 # The dockerd-restart test runs last and alone: it restarts the machine's engine.
 test: deps check-generated vet
-	REPRO_TEST_REQUIRE=docker,minio,browser $(GO) test -race -count=1 -timeout 45m ./...
+	REPRO_TEST_REQUIRE=docker,minio,browser,firewall $(GO) test -race -count=1 -timeout 45m ./...
 	REPRO_TEST_REQUIRE=docker,minio REPRO_TEST_DOCKERD_RESTART=1 $(GO) test -count=1 -run TestDockerdRestartedDuringARun -v ./e2e
 
 demo: deps build

@@ -45,7 +45,15 @@ func assertSandbox(t *testing.T, spec Spec, cfg *container.Config, hc *container
 	check(cfg.StopSignal == "SIGTERM" && cfg.StopTimeout != nil && *cfg.StopTimeout >= 1, "StopSignal %q StopTimeout %v", cfg.StopSignal, cfg.StopTimeout)
 	check(len(cfg.ExposedPorts) == 0 && len(cfg.Volumes) == 0, "no ports, no anonymous volumes")
 	// HostConfig: isolation
-	check(hc.NetworkMode == "none", "NetworkMode = %q", hc.NetworkMode)
+	if spec.Network == "" {
+		check(hc.NetworkMode == "none", "NetworkMode = %q", hc.NetworkMode)
+		check(len(hc.DNS) == 0 && len(hc.Sysctls) == 0, "no network, yet DNS %v Sysctls %v", hc.DNS, hc.Sysctls)
+	} else {
+		check(string(hc.NetworkMode) == spec.Network, "NetworkMode = %q, want the agent network %q", hc.NetworkMode, spec.Network)
+		check(len(hc.Sysctls) == 0, "Sysctls = %v", hc.Sysctls)
+		check(len(hc.DNS) == 1 && hc.DNS[0].String() == "127.0.0.1", "agent container DNS = %v, want only the container's own loopback", hc.DNS)
+	}
+	check(len(hc.ExtraHosts) == 0 && len(hc.Links) == 0 && hc.PublishAllPorts == false, "no extra hosts, links or published ports")
 	check(hc.ReadonlyRootfs, "root fs must be read-only")
 	check(slices.Equal(hc.CapDrop, []string{"ALL"}) && len(hc.CapAdd) == 0, "CapDrop %q CapAdd %q", hc.CapDrop, hc.CapAdd)
 	check(slices.Contains(hc.SecurityOpt, "no-new-privileges=true"), "SecurityOpt %q lacks no-new-privileges", hc.SecurityOpt)
@@ -167,6 +175,21 @@ func TestContainerConfig(t *testing.T) {
 				}
 			},
 		},
+		{
+			name:   "agent network joined, every other default kept",
+			mutate: func(s *Spec) { s.Network = "repro-agents-0a1b2c3d" },
+			want:   func(s *Spec) { s.Limits = defaults; s.User = DefaultUser },
+			extra: func(t *testing.T, cfg *container.Config, hc *container.HostConfig) {
+				if hc.NetworkMode.IsNone() || hc.NetworkMode.IsHost() || hc.NetworkMode.IsDefault() || hc.NetworkMode.IsBridge() || !hc.NetworkMode.IsUserDefined() {
+					t.Errorf("NetworkMode %q must be the user-defined agent network", hc.NetworkMode)
+				}
+			},
+		},
+		{
+			name:   "agent network with dots, dashes and underscores",
+			mutate: func(s *Spec) { s.Network = "a.b_c-d" },
+			want:   func(s *Spec) { s.Limits = defaults; s.User = DefaultUser },
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,6 +273,16 @@ func TestContainerConfigInvalid(t *testing.T) {
 		{"negative tmp", func(s *Spec) { s.Limits.TmpBytes = -1 }, "Limits.TmpBytes"},
 		{"negative shm", func(s *Spec) { s.Limits.ShmBytes = -1 }, "Limits.ShmBytes"},
 		{"negative log", func(s *Spec) { s.Limits.LogBytes = -1 }, "Limits.LogBytes"},
+		{"host network", func(s *Spec) { s.Network = "host" }, "Network"},
+		{"host network, other case", func(s *Spec) { s.Network = "HOST" }, "Network"},
+		{"default bridge network", func(s *Spec) { s.Network = "bridge" }, "Network"},
+		{"default network", func(s *Spec) { s.Network = "default" }, "Network"},
+		{"network none spelled out", func(s *Spec) { s.Network = "none" }, "Network"},
+		{"another container's network", func(s *Spec) { s.Network = "container:abc" }, "Network"},
+		{"network with slash", func(s *Spec) { s.Network = "a/b" }, "Network"},
+		{"network with space", func(s *Spec) { s.Network = "a b" }, "Network"},
+		{"network leading dash", func(s *Spec) { s.Network = "-net" }, "Network"},
+		{"network too long", func(s *Spec) { s.Network = strings.Repeat("n", 129) }, "Network"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -100,7 +100,7 @@ func serveFlags(name string) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.profile, "hardware-profile", "", "this worker's hardware profile for scoring (default: from its GPUs and CPUs, e.g. 8xh100 or cpu-2core)")
 	fs.BoolVar(&c.taskOverrides, "task-overrides", false, "let task runs name their own environment, command, limits and task variables")
 	fs.BoolVar(&c.agents, "agents", true, "run agent runs: an internal Docker network whose only reachable address is repro's agent listener (firewalled with iptables: needs root)")
-	fs.IntVar(&c.agentPort, "agent-port", 0, "port of the agent listener on the agent network's gateway (0: any free port)")
+	fs.IntVar(&c.agentPort, "agent-port", 7071, "port of the agent listener on the agent network's gateway (fixed, so that agents still running find it after a restart)")
 	fs.IntVar(&c.agentConc, "agent-concurrency", 4, "agent containers run at once (they do not take --concurrency's run slots)")
 	fs.StringVar(&c.llmEndpoints, "llm-endpoints", "", "JSON file of the LLM gateway's endpoints: [{name, base_url, api_key_env, models, prompt_price_per_mtok, completion_price_per_mtok}]")
 	describeEnv(fs)
