@@ -93,12 +93,14 @@ func (s *Server) CreateVerification(c *echo.Context) error {
 }
 
 // visibleCampaign loads a campaign the caller may see: the team's own, every one
-// for the admin, and verified records (public evidence) for everyone.
+// for the admin, and public evidence (verified records, audits of them) for
+// everyone, as on the pages.
 func (s *Server) visibleCampaign(c *echo.Context, kind store.CampaignKind, id uuid.UUID) (store.Campaign, error) {
-	camp, err := s.store.GetCampaign(c.Request().Context(), kind, "", id.String())
+	ctx := c.Request().Context()
+	camp, err := s.store.GetCampaign(ctx, kind, "", id.String())
 	p := who(c)
 	if errors.Is(err, store.ErrNotFound) ||
-		(err == nil && !p.admin && camp.TeamID != p.team.ID && !(kind == store.KindVerification && camp.Outcome == string(tasks.VerdictVerified))) {
+		(err == nil && !p.admin && camp.TeamID != p.team.ID && !s.publicCampaign(ctx, camp)) {
 		return camp, problem(http.StatusNotFound, fmt.Sprintf("no %s %s", kind, id))
 	}
 	return camp, err
