@@ -358,7 +358,10 @@ func (s *Server) auditPage(c *echo.Context) error {
 		for _, cmp := range rep.Comparisons {
 			row := pages.AuditRow{What: cmp.What, OK: cmp.OK, Original: fmtNum(cmp.Original), Rerun: fmtNum(cmp.Rerun), Delta: fmtNum(cmp.Delta), Tolerance: fmtNum(cmp.Tolerance)}
 			if strings.Contains(cmp.What, "time") {
-				row.Delta, row.Tolerance = fmtPct(cmp.Delta), "±"+fmtPct(cmp.Tolerance)
+				row.Delta = fmtPct(cmp.Delta)
+				if cmp.Tolerance != nil {
+					row.Tolerance = fmt.Sprintf("±%.1f%%", 100**cmp.Tolerance)
+				}
 			} else if cmp.Tolerance != nil {
 				row.Tolerance = "±" + row.Tolerance
 			}
