@@ -55,6 +55,11 @@ type S3Config struct {
 	// every object written (and set as the bucket's default when NewS3 creates the
 	// bucket); 0 means none.
 	RetentionDays int
+	// SealedRetentionDays is the GOVERNANCE retention of sealed objects, the
+	// evidence written create-only (run manifests, verification and audit
+	// reports), when the bucket has object lock and this is longer than
+	// RetentionDays; 0 means none beyond RetentionDays.
+	SealedRetentionDays int
 }
 
 // S3 is a [Store] on an S3-compatible service (MinIO, AWS S3, ...), in one
@@ -66,6 +71,8 @@ type S3 struct {
 	bucket    string
 	endpoint  string
 	retention time.Duration
+	sealed    time.Duration // retention of sealed objects (when locked)
+	locked    bool          // the bucket has object lock
 	withMeta  bool          // the listing can carry user metadata (MinIO)
 	uploads   chan struct{} // semaphore: uploads larger than smallObject
 	bufs      sync.Pool     // *[]byte of partSize, for small objects and peeks
@@ -87,8 +94,8 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
 		return nil, fmt.Errorf("archive: s3 bucket %q: %w", cfg.Bucket, err)
 	}
-	if cfg.RetentionDays < 0 {
-		return nil, fmt.Errorf("archive: s3 retention %d days: must not be negative", cfg.RetentionDays)
+	if cfg.RetentionDays < 0 || cfg.SealedRetentionDays < 0 {
+		return nil, fmt.Errorf("archive: s3 retention %d days, sealed %d days: must not be negative", cfg.RetentionDays, cfg.SealedRetentionDays)
 	}
 	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
 		return nil, errors.New("archive: s3: set both access key and secret key, or neither")
@@ -114,6 +121,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		bucket:    cfg.Bucket,
 		endpoint:  endpoint,
 		retention: time.Duration(cfg.RetentionDays) * 24 * time.Hour,
+		sealed:    time.Duration(cfg.SealedRetentionDays) * 24 * time.Hour,
 		withMeta:  !s3utils.IsAmazonEndpoint(*client.EndpointURL()) && !s3utils.IsGoogleEndpoint(*client.EndpointURL()),
 		uploads:   make(chan struct{}, maxUploads),
 	}
@@ -179,6 +187,7 @@ func (s *S3) ensureBucket(ctx context.Context, region string, retentionDays int)
 		err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region, ObjectLocking: true})
 		switch code := errCode(err); {
 		case err == nil:
+			s.locked = true
 			slog.InfoContext(ctx, "archive: created bucket with object lock", "bucket", s.bucket, "endpoint", s.endpoint)
 			if retentionDays > 0 {
 				mode, days, unit := minio.Governance, uint(retentionDays), minio.Days
@@ -207,6 +216,7 @@ func (s *S3) ensureBucket(ctx context.Context, region string, retentionDays int)
 	}
 	lock, _, _, _, err := s.client.GetObjectLockConfig(ctx, s.bucket)
 	locked := err == nil && lock == "Enabled"
+	s.locked = locked
 	if err != nil && errCode(err) != "ObjectLockConfigurationNotFoundError" {
 		return s.connErr(ctx, "get object lock configuration", err)
 	}
@@ -214,7 +224,7 @@ func (s *S3) ensureBucket(ctx context.Context, region string, retentionDays int)
 		if retentionDays > 0 {
 			return fault.Infraf("archive: s3 bucket %q has no object lock, so a retention of %d days cannot be applied; recreate the bucket with object lock or set the retention to 0", s.bucket, retentionDays)
 		}
-		slog.WarnContext(ctx, "archive: bucket has versioning but no object lock; archived runs can be deleted", "bucket", s.bucket)
+		slog.WarnContext(ctx, "archive: bucket has versioning but no object lock; archived runs and sealed reports can be deleted", "bucket", s.bucket)
 	}
 	return nil
 }
@@ -446,6 +456,11 @@ func (s *S3) putIfAbsent(ctx context.Context, key string, data []byte) (ObjectIn
 	}
 	h := sha256.Sum256(data)
 	opts := s.putOptions("")
+	if s.locked && s.sealed > s.retention {
+		// Sealed objects are the evidence: kept at least this long.
+		opts.Mode = minio.Governance
+		opts.RetainUntilDate = time.Now().Add(s.sealed).UTC()
+	}
 	opts.SetMatchETagExcept("*")
 	return s.putSmall(ctx, key, data, hex.EncodeToString(h[:]), opts)
 }

@@ -45,6 +45,35 @@ func TestNewS3CreatesLockedBucket(t *testing.T) {
 		newS3On(t, m, "locked-plain", 0)
 	})
 
+	t.Run("sealed objects retained longer", func(t *testing.T) {
+		st, err := NewS3(ctx, S3Config{Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Bucket: "locked-sealed", SealedRetentionDays: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := st.Client()
+		sealed, err := PutSealed(ctx, st, "verifications/v/report.json", []byte(`{"verdict":"verified"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rmode, until, err := c.GetObjectRetention(ctx, st.Bucket(), "verifications/v/report.json", sealed.VersionID)
+		if err != nil || rmode == nil || *rmode != minio.Governance || until == nil ||
+			until.Before(time.Now().Add(47*time.Hour)) || until.After(time.Now().Add(49*time.Hour)) {
+			t.Fatalf("sealed object retention = %v until %v, %v; want GOVERNANCE for 2 days", rmode, until, err)
+		}
+		// A governed version cannot be deleted without bypassing governance.
+		if err := c.RemoveObject(ctx, st.Bucket(), "verifications/v/report.json", minio.RemoveObjectOptions{VersionID: sealed.VersionID}); err == nil {
+			t.Error("a sealed report version was deleted")
+		}
+		// Ordinary objects follow RetentionDays (none here).
+		info, err := st.Put(ctx, "runs/x/log.txt", strings.NewReader("hi"), 2, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rmode, until, err := c.GetObjectRetention(ctx, st.Bucket(), "runs/x/log.txt", info.VersionID); err == nil && rmode != nil && *rmode != "" {
+			t.Errorf("an ordinary object has retention %v until %v", *rmode, until)
+		}
+	})
+
 	t.Run("retention applied", func(t *testing.T) {
 		st := newS3On(t, m, "locked-retained", 1)
 		c := st.Client()

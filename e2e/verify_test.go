@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/moby/moby/client"
 
 	"github.com/repro/repro/internal/testenv"
 )
@@ -233,6 +234,11 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 	if got := s.object("verifications/" + verID + "/report.json"); !bytes.Equal(got, body) {
 		t.Errorf("the report served differs from the archived object")
 	}
+	// Sealed evidence: under GOVERNANCE retention (serve's default: 10 years).
+	if mode, until, err := s.minio().GetObjectRetention(context.Background(), s.bucket, "verifications/"+verID+"/report.json", ""); err != nil ||
+		mode == nil || *mode != minio.Governance || until == nil || until.Before(time.Now().Add(9*365*24*time.Hour)) {
+		t.Errorf("the archived report's retention: %v until %v, %v; want GOVERNANCE for years", mode, until, err)
+	}
 	code, _, md := s.request("GET", "/v1/verifications/"+verID+"/report?format=markdown", tok, nil, "")
 	if code != 200 || !strings.Contains(string(md), "VERIFIED") || !strings.Contains(string(md), v.Runs[0].ID) {
 		t.Errorf("markdown report: %d\n%s", code, md)
@@ -314,7 +320,14 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 		}
 		return a, ar
 	}
+	// The host loses the run's image: the audit restores it from the archive.
+	if _, err := docker.ImageRemove(context.Background(), origRun.ImageID, client.ImageRemoveOptions{Force: true}); err != nil {
+		t.Fatalf("removing the run's image: %v", err)
+	}
 	a, ar := audit("reproduced")
+	if _, err := docker.ImageInspect(context.Background(), origRun.ImageID); err != nil {
+		t.Errorf("the archived image was not restored for the re-run: %v", err)
+	}
 	if len(a.Runs) != 1 || a.Runs[0].Seed != *origRun.Spec.Seed || a.Runs[0].State != "succeeded" {
 		t.Fatalf("audit runs: %+v", a.Runs)
 	}
@@ -333,6 +346,20 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 		if d.Significant {
 			t.Errorf("significant fingerprint difference in a faithful re-run: %+v", d)
 		}
+	}
+
+	// The run is a scored submission: the leaderboard's scores list it.
+	code, _, b = s.request("GET", "/v1/leaderboard?task="+cpuTask, tok, nil, "")
+	var scores struct {
+		Scores []struct {
+			Team    string `json:"team"`
+			BestRun string `json:"best_run"`
+			Runs    int    `json:"runs"`
+		} `json:"scores"`
+	}
+	if code != 200 || json.Unmarshal(b, &scores) != nil || len(scores.Scores) != 1 || scores.Scores[0].Team != "alpha" ||
+		scores.Scores[0].BestRun != orig.ID || scores.Scores[0].Runs != 1 {
+		t.Errorf("leaderboard scores after one submission: %d %s", code, b)
 	}
 
 	// 5. A file of the archived bundle rewritten (a new version in the bucket): refused, drifted.

@@ -38,6 +38,7 @@ type serveConfig struct {
 	s3SecretKey    string
 	s3Bucket       string
 	s3Retention    int
+	s3SealedRet    int
 	environments   listFlag
 	adminToken     string
 	concurrency    int
@@ -80,6 +81,7 @@ func serveFlags(name string) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.s3SecretKey, "s3-secret-key", "", "S3 secret key")
 	fs.StringVar(&c.s3Bucket, "s3-bucket", "repro", "S3 bucket (created with versioning and object locking)")
 	fs.IntVar(&c.s3Retention, "s3-retention-days", 0, "object-lock retention (GOVERNANCE) of archived objects, in days; 0: none")
+	fs.IntVar(&c.s3SealedRet, "s3-sealed-retention-days", 3650, "object-lock retention (GOVERNANCE) of the evidence written once (run manifests, verification, audit and agent reports), in days, when the bucket has object lock; 0: as --s3-retention-days")
 	fs.Var(&c.environments, "environment", "NAME=IMAGE, an environment runs may use (repeatable; env: comma-separated)")
 	fs.StringVar(&c.adminToken, "admin-token", "", "a bearer token with admin rights (bootstrap: create teams and tokens)")
 	fs.IntVar(&c.concurrency, "concurrency", 1, "runs executed at once by this worker")
@@ -155,7 +157,7 @@ func openArchive(ctx context.Context, c *serveConfig) (archive.Store, string, er
 	}
 	st, err := archive.NewS3(ctx, archive.S3Config{
 		Endpoint: endpoint, AccessKey: c.s3AccessKey, SecretKey: c.s3SecretKey, Bucket: c.s3Bucket,
-		Secure: secure, RetentionDays: c.s3Retention,
+		Secure: secure, RetentionDays: c.s3Retention, SealedRetentionDays: c.s3SealedRet,
 	})
 	return st, "s3://" + c.s3Bucket, err
 }
