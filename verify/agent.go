@@ -271,8 +271,11 @@ func (s *Service) SubmitAttempt(ctx context.Context, c store.Campaign, dir strin
 	if err != nil {
 		return store.Run{}, err
 	}
-	if c.State.Terminal() || c.CancelRequested {
+	if c.State.Terminal() {
 		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("agent run %s is %s: no more attempts", c.ID, c.State)}
+	}
+	if c.CancelRequested {
+		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("agent run %s is being canceled: no more attempts", c.ID)}
 	}
 	st, _, err := s.Budget(ctx, c)
 	if err != nil {
@@ -286,6 +289,11 @@ func (s *Service) SubmitAttempt(ctx context.Context, c store.Campaign, dir strin
 		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("wall-time budget spent: the deadline was %s", st.Deadline.Format(time.RFC3339))}
 	case b.MaxGPUHours > 0 && st.GPUHours >= b.MaxGPUHours:
 		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("GPU budget spent: %.3f of %.3f GPU-hours used", st.GPUHours, b.MaxGPUHours)}
+	}
+	if rs.Seed == nil {
+		// Every run has a known seed (submit logs it, an audit re-runs with it).
+		seed := newSeed(nil)
+		rs.Seed = &seed
 	}
 	r, err := s.submit(ctx, c, dir, store.Run{Purpose: store.PurposeAttempt, Side: SideAttempt, Pair: st.Attempts + 1, Spec: rs})
 	if err == nil {
@@ -323,11 +331,15 @@ type AgentReport struct {
 	ReproVersion string         `json:"repro_version,omitempty"`
 }
 
+// agentProgressPolls is how many polls apart an agent run's usage is stored
+// while it waits for its runs.
+const agentProgressPolls = 10
+
 // driveAgent waits for the agent (stopped at its wall limit by the sandbox), then
 // for its attempts (they finish and count), then archives the trajectory and the
 // report: the best valid attempt's FSR.
 func (s *Service) driveAgent(ctx context.Context, id string) error {
-	for {
+	for poll := 0; ; poll++ {
 		c, err := s.store.GetCampaign(ctx, store.KindAgent, "", id)
 		if err != nil {
 			return err
@@ -346,23 +358,23 @@ func (s *Service) driveAgent(ctx context.Context, id string) error {
 		if idx < 0 {
 			return s.failCampaign(ctx, id, "the agent's run was never created")
 		}
-		var pending *store.Run
-		for i := range runs {
-			if !runs[i].State.Terminal() {
-				pending = &runs[i]
-				break
-			}
-		}
+		pending := slices.ContainsFunc(runs, func(r store.Run) bool { return !r.State.Terminal() })
 		st, _, err := s.Budget(ctx, c)
 		if err != nil {
 			return err
 		}
-		if err := s.setProgress(ctx, id, st); err != nil {
-			return err
-		}
-		if pending != nil {
-			if _, _, err := s.waitRun(ctx, id, pending.ID); err != nil {
+		// The usage is refreshed every few polls while the agent works (attempts and
+		// LLM calls come and go), and once more at the end.
+		if !pending || poll%agentProgressPolls == 0 {
+			if err := s.setProgress(ctx, id, st); err != nil {
 				return err
+			}
+		}
+		if pending {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(s.cfg.Poll):
 			}
 			continue
 		}
