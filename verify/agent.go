@@ -277,6 +277,17 @@ func (s *Service) SubmitAttempt(ctx context.Context, c store.Campaign, dir strin
 	if c.CancelRequested {
 		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("agent run %s is being canceled: no more attempts", c.ID)}
 	}
+	runs, err := s.store.RunsOf(ctx, c.ID)
+	if err != nil {
+		return store.Run{}, err
+	}
+	for _, r := range runs {
+		// An attempt only comes from a living agent: once it has ended the report
+		// may be sealed at any moment, and an attempt after it would be left out.
+		if r.Purpose == store.PurposeAgent && r.State.Terminal() {
+			return store.Run{}, &BudgetError{Reason: fmt.Sprintf("agent run %s: its agent has ended (%s): no more attempts", c.ID, r.State)}
+		}
+	}
 	st, _, err := s.Budget(ctx, c)
 	if err != nil {
 		return store.Run{}, err
@@ -290,6 +301,7 @@ func (s *Service) SubmitAttempt(ctx context.Context, c store.Campaign, dir strin
 	case b.MaxGPUHours > 0 && st.GPUHours >= b.MaxGPUHours:
 		return store.Run{}, &BudgetError{Reason: fmt.Sprintf("GPU budget spent: %.3f of %.3f GPU-hours used", st.GPUHours, b.MaxGPUHours)}
 	}
+	rs.Task = c.Task // an attempt is a run of the agent run's task, whoever calls
 	if rs.Seed == nil {
 		// Every run has a known seed (submit logs it, an audit re-runs with it).
 		seed := newSeed(nil)
