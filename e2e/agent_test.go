@@ -218,7 +218,20 @@ func TestAgentRuns(t *testing.T) {
 	})
 
 	t.Run("refused past max attempts", func(t *testing.T) {
-		a, rep, log := wait(start("greedy", map[string]any{"max_attempts": 1, "max_wall_seconds": 120}, "").ID)
+		// Through the CLI, as a team would start it.
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "agent.py"), agentPy, 0o644)
+		stdout, stderr, code := s.cli(tok, dir, "agent", "--task", cpuTask, "--env", "cpu-torch", "--hints", "1",
+			"--max-attempts", "1", "--max-wall", "120", "--detach", "agent.py", "--", "python3", "agent.py", "greedy")
+		id := strings.TrimSpace(stdout)
+		if code != 0 || len(id) != 36 {
+			t.Fatalf("repro agent --detach: exit %d, stdout %q, stderr %s", code, stdout, stderr)
+		}
+		a, rep, log := wait(id)
+		stdout, _, code = s.cli(tok, dir, "agent", "status", id)
+		if code != 0 || !strings.Contains(stdout, "no_valid_attempt") || !strings.Contains(stdout, rep.Attempts[0].RunID) {
+			t.Errorf("repro agent status: exit %d\n%s", code, stdout)
+		}
 		if a.State != "done" || len(rep.Attempts) != 1 || rep.Budget.Attempts != 1 {
 			t.Fatalf("agent run %+v, %d attempts", a, len(rep.Attempts))
 		}
