@@ -479,6 +479,25 @@ func TestTaskCPUCalibrateAndScore(t *testing.T) {
 			t.Errorf("results %v: scored run %s not at position %d (newest first)", ids, id, j)
 		}
 	}
+	// The leaderboard ranks the team by its best valid FSR among those submissions.
+	best := math.Inf(-1)
+	for _, fs := range fsrs {
+		for _, f := range fs {
+			best = math.Max(best, f)
+		}
+	}
+	code, _, b = s.request("GET", "/v1/leaderboard?task="+cpuTask, tok, nil, "")
+	var lb struct {
+		Scores []struct {
+			Team    string  `json:"team"`
+			BestFsr float64 `json:"best_fsr"`
+			Runs    int     `json:"runs"`
+		} `json:"scores"`
+	}
+	if code != 200 || json.Unmarshal(b, &lb) != nil || len(lb.Scores) != 1 || lb.Scores[0].Team != "cpu" ||
+		lb.Scores[0].BestFsr != best || lb.Scores[0].Runs != len(scored) {
+		t.Errorf("leaderboard: %d %s; want team cpu with best FSR %v over %d submissions", code, b, best, len(scored))
+	}
 	// Another team sees none of them.
 	other := s.team("others")
 	code, _, b = s.request("GET", "/v1/tasks/"+cpuTask+"/results", other, nil, "")

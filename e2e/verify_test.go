@@ -348,18 +348,11 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 		}
 	}
 
-	// The run is a scored submission: the leaderboard's scores list it.
+	// The run is a valid submission, but this service has no reference times for the
+	// task (no calibration here): its FSR of 0 says nothing, so it does not rank.
 	code, _, b = s.request("GET", "/v1/leaderboard?task="+cpuTask, tok, nil, "")
-	var scores struct {
-		Scores []struct {
-			Team    string `json:"team"`
-			BestRun string `json:"best_run"`
-			Runs    int    `json:"runs"`
-		} `json:"scores"`
-	}
-	if code != 200 || json.Unmarshal(b, &scores) != nil || len(scores.Scores) != 1 || scores.Scores[0].Team != "alpha" ||
-		scores.Scores[0].BestRun != orig.ID || scores.Scores[0].Runs != 1 {
-		t.Errorf("leaderboard scores after one submission: %d %s", code, b)
+	if code != 200 || !strings.Contains(string(b), `"scores":[]`) {
+		t.Errorf("leaderboard scores without reference times: %d %s", code, b)
 	}
 
 	// 5. A file of the archived bundle rewritten (a new version in the bucket): refused, drifted.

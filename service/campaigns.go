@@ -434,7 +434,8 @@ func (s *Server) GetLeaderboard(c *echo.Context, params openapi.GetLeaderboardPa
 
 // leaderboard collects a task's verified records (fastest mean first) and each
 // team's best valid FSR among its submissions (calibration, verification, audit
-// and agent-attempt runs are not submissions).
+// and agent-attempt runs are not submissions) that were scored against reference
+// times.
 func (s *Server) leaderboard(c *echo.Context, t *tasks.Task) (openapi.Leaderboard, error) {
 	ctx := c.Request().Context()
 	lb := openapi.Leaderboard{Task: t.ID, TargetValLoss: t.TargetValLoss, Profile: t.Profile,
@@ -473,7 +474,9 @@ func (s *Server) leaderboard(c *echo.Context, t *tasks.Task) (openapi.Leaderboar
 				best[r.TeamName] = b
 			}
 			b.Runs++
-			if sc.Valid && sc.FSR > b.BestFsr {
+			// Only an FSR measured against reference times ranks: a valid run on an
+			// uncalibrated profile has FSR 0 for want of them, not for its speed.
+			if sc.Valid && sc.StartMs > 0 && sc.FSR > b.BestFsr {
 				b.BestFsr, b.BestRun, b.Date = sc.FSR, uuid.MustParse(r.ID), r.CreatedAt
 			}
 		}
