@@ -113,48 +113,21 @@ func contains(list []string, v string) bool {
 
 // GetAgentRun returns one agent run.
 func (s *Server) GetAgentRun(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.visibleCampaign(c, store.KindAgent, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.agentRunToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, out)
+	return getCampaign(s, c, store.KindAgent, id, s.agentRunToAPI)
 }
 
 // ListAgentRuns pages through the team's agent runs.
 func (s *Server) ListAgentRuns(c *echo.Context, params openapi.ListAgentRunsParams) error {
-	camps, next, err := s.store.ListCampaigns(c.Request().Context(), s.campaignFilter(c, store.KindAgent, params.Limit, params.Cursor))
+	items, next, err := listCampaigns(s, c, s.campaignFilter(c, store.KindAgent, params.Limit, params.Cursor), s.agentRunToAPI)
 	if err != nil {
 		return err
 	}
-	out := openapi.AgentRunList{Items: []openapi.AgentRun{}}
-	for _, camp := range camps {
-		a, err := s.agentRunToAPI(c, camp)
-		if err != nil {
-			return err
-		}
-		out.Items = append(out.Items, a)
-	}
-	if next != "" {
-		out.NextCursor = &next
-	}
-	return c.JSON(http.StatusOK, out)
+	return c.JSON(http.StatusOK, openapi.AgentRunList{Items: items, NextCursor: next})
 }
 
 // CancelAgentRun stops the agent and its attempts.
 func (s *Server) CancelAgentRun(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.cancelCampaign(c, store.KindAgent, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.agentRunToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusAccepted, out)
+	return cancelCampaignAPI(s, c, store.KindAgent, id, s.agentRunToAPI)
 }
 
 // GetAgentRunReport streams the archived report.

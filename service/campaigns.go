@@ -108,15 +108,7 @@ func (s *Server) visibleCampaign(c *echo.Context, kind store.CampaignKind, id uu
 
 // GetVerification returns one verification.
 func (s *Server) GetVerification(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.visibleCampaign(c, store.KindVerification, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.verificationToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, out)
+	return getCampaign(s, c, store.KindVerification, id, s.verificationToAPI)
 }
 
 // ListVerifications pages through the team's verifications.
@@ -125,22 +117,57 @@ func (s *Server) ListVerifications(c *echo.Context, params openapi.ListVerificat
 	if params.Task != nil {
 		f.Task = *params.Task
 	}
-	camps, next, err := s.store.ListCampaigns(c.Request().Context(), f)
+	items, next, err := listCampaigns(s, c, f, s.verificationToAPI)
 	if err != nil {
 		return err
 	}
-	out := openapi.VerificationList{Items: []openapi.Verification{}}
-	for _, camp := range camps {
-		v, err := s.verificationToAPI(c, camp)
-		if err != nil {
-			return err
-		}
-		out.Items = append(out.Items, v)
+	return c.JSON(http.StatusOK, openapi.VerificationList{Items: items, NextCursor: next})
+}
+
+// getCampaign answers one campaign the caller may see, in its API form.
+func getCampaign[T any](s *Server, c *echo.Context, kind store.CampaignKind, id uuid.UUID, toAPI func(*echo.Context, store.Campaign) (T, error)) error {
+	camp, err := s.visibleCampaign(c, kind, id)
+	if err != nil {
+		return err
 	}
-	if next != "" {
-		out.NextCursor = &next
+	out, err := toAPI(c, camp)
+	if err != nil {
+		return err
 	}
 	return c.JSON(http.StatusOK, out)
+}
+
+// listCampaigns returns a page of campaigns in their API form and the next cursor.
+func listCampaigns[T any](s *Server, c *echo.Context, f store.CampaignFilter, toAPI func(*echo.Context, store.Campaign) (T, error)) ([]T, *string, error) {
+	camps, next, err := s.store.ListCampaigns(c.Request().Context(), f)
+	if err != nil {
+		return nil, nil, err
+	}
+	items := make([]T, 0, len(camps))
+	for _, camp := range camps {
+		item, err := toAPI(c, camp)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, item)
+	}
+	if next == "" {
+		return items, nil, nil
+	}
+	return items, &next, nil
+}
+
+// cancelCampaignAPI asks a campaign of the caller's team to stop and answers it.
+func cancelCampaignAPI[T any](s *Server, c *echo.Context, kind store.CampaignKind, id uuid.UUID, toAPI func(*echo.Context, store.Campaign) (T, error)) error {
+	camp, err := s.cancelCampaign(c, kind, id)
+	if err != nil {
+		return err
+	}
+	out, err := toAPI(c, camp)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, out)
 }
 
 func (s *Server) campaignFilter(c *echo.Context, kind store.CampaignKind, limit *int, cursor *string) store.CampaignFilter {
@@ -160,15 +187,7 @@ func (s *Server) campaignFilter(c *echo.Context, kind store.CampaignKind, limit 
 
 // CancelVerification asks a verification to stop.
 func (s *Server) CancelVerification(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.cancelCampaign(c, store.KindVerification, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.verificationToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusAccepted, out)
+	return cancelCampaignAPI(s, c, store.KindVerification, id, s.verificationToAPI)
 }
 
 func (s *Server) cancelCampaign(c *echo.Context, kind store.CampaignKind, id uuid.UUID) (store.Campaign, error) {
@@ -268,48 +287,21 @@ func (s *Server) CreateAudit(c *echo.Context) error {
 
 // GetAudit returns one audit.
 func (s *Server) GetAudit(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.visibleCampaign(c, store.KindAudit, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.auditToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, out)
+	return getCampaign(s, c, store.KindAudit, id, s.auditToAPI)
 }
 
 // ListAudits pages through the team's audits.
 func (s *Server) ListAudits(c *echo.Context, params openapi.ListAuditsParams) error {
-	camps, next, err := s.store.ListCampaigns(c.Request().Context(), s.campaignFilter(c, store.KindAudit, params.Limit, params.Cursor))
+	items, next, err := listCampaigns(s, c, s.campaignFilter(c, store.KindAudit, params.Limit, params.Cursor), s.auditToAPI)
 	if err != nil {
 		return err
 	}
-	out := openapi.AuditList{Items: []openapi.Audit{}}
-	for _, camp := range camps {
-		a, err := s.auditToAPI(c, camp)
-		if err != nil {
-			return err
-		}
-		out.Items = append(out.Items, a)
-	}
-	if next != "" {
-		out.NextCursor = &next
-	}
-	return c.JSON(http.StatusOK, out)
+	return c.JSON(http.StatusOK, openapi.AuditList{Items: items, NextCursor: next})
 }
 
 // CancelAudit asks an audit to stop.
 func (s *Server) CancelAudit(c *echo.Context, id openapi.CampaignID) error {
-	camp, err := s.cancelCampaign(c, store.KindAudit, id)
-	if err != nil {
-		return err
-	}
-	out, err := s.auditToAPI(c, camp)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusAccepted, out)
+	return cancelCampaignAPI(s, c, store.KindAudit, id, s.auditToAPI)
 }
 
 // campaignRuns lists a campaign's runs in their API form.
