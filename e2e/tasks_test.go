@@ -59,6 +59,7 @@ type taskRunView struct {
 		TrainTimeMs  *float64 `json:"train_time_ms"`
 		FinalValLoss *float64 `json:"final_val_loss"`
 	} `json:"score"`
+	CreatedAt  time.Time  `json:"created_at"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 	Purpose    string     `json:"purpose"`

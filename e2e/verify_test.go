@@ -49,6 +49,8 @@ type campaignView struct {
 	} `json:"runs"`
 	Report         json.RawMessage `json:"report"`
 	ReportLocation string          `json:"report_location"`
+	CreatedAt      *time.Time      `json:"created_at"`
+	FinishedAt     *time.Time      `json:"finished_at"`
 }
 
 func (s *stack) campaign(token, kind, id string) campaignView {
@@ -201,6 +203,7 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 		t.Fatalf("%d runs, want 16", len(v.Runs))
 	}
 	seeds := map[string]map[int64]bool{"candidate": {}, "baseline": {}}
+	var runsWall time.Duration
 	for i, r := range v.Runs {
 		wantSide := []string{"candidate", "baseline"}[i%2]
 		if r.Side != wantSide || r.Pair != i/2+1 || r.State != "succeeded" {
@@ -214,6 +217,16 @@ func TestVerificationAuditAndLeaderboard(t *testing.T) {
 		if run.Purpose != "verification" || run.Parent != verID || run.Bundle == nil {
 			t.Errorf("run %s: purpose %q parent %q bundle %v", r.ID, run.Purpose, run.Parent, run.Bundle)
 		}
+		if run.FinishedAt != nil {
+			runsWall += run.FinishedAt.Sub(run.CreatedAt)
+		}
+	}
+	// The campaign's own cost: its wall time against the sum of its runs' (each
+	// from submission to archived), i.e. against submitting them back to back.
+	if v.CreatedAt != nil && v.FinishedAt != nil && runsWall > 0 {
+		wall := v.FinishedAt.Sub(*v.CreatedAt)
+		t.Logf("MEASURED verification scheduling: campaign %.1f s vs its 16 runs %.1f s back to back: ratio %.3f (%.0f ms per run)",
+			wall.Seconds(), runsWall.Seconds(), wall.Seconds()/runsWall.Seconds(), float64((wall-runsWall).Milliseconds())/16)
 	}
 	workers := map[string]bool{}
 	for _, r := range rep.RunList {
