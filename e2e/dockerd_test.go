@@ -71,6 +71,17 @@ func TestDockerdRestartedDuringARun(t *testing.T) {
 	if code, _, body := s.request("GET", "/readyz", "", nil, ""); code != 200 || !strings.Contains(string(body), `"docker":"ok"`) {
 		t.Fatalf("/readyz after the restart: %d %s", code, body)
 	}
+	// The container the engine lost track of was left for the reaper, which runs at
+	// every start (and every --reap-every): restarting serve removes it.
+	s.stop()
+	s.start()
+	deadline = time.Now().Add(30 * time.Second)
+	for len(s.containers(r.ID)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the ended run's container is still there after a restart: %v", s.containers(r.ID))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func pingOptions() client.PingOptions { return client.PingOptions{NegotiateAPIVersion: true} }
