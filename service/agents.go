@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 	"os"
 	"strings"
@@ -32,20 +31,11 @@ func (s *Server) CreateAgentRun(c *echo.Context) error {
 		return problem(http.StatusServiceUnavailable, "this service runs no agents (it has no agent network: see 'repro serve --agent-port')")
 	}
 	req := c.Request()
-	mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/form-data" {
-		return fieldProblem(http.StatusUnsupportedMediaType, "Content-Type", "must be multipart/form-data with a 'spec' part and, optionally, the agent's 'files'")
-	}
-	req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxUploadBytes)
-	staging, err := os.MkdirTemp(s.tmpDir(), "agent-")
-	if err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	defer os.RemoveAll(staging)
-	raw, _, err := s.readSubmission(req, staging, true, false)
+	staging, raw, _, err := s.receiveMultipart(c, "agent-", "a 'spec' part and, optionally, the agent's 'files'", true, false)
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(staging) // moved away on success
 	var in openapi.AgentRunRequest
 	if err := s.decodePart(raw, "AgentRunRequest", &in); err != nil {
 		return err
@@ -247,20 +237,11 @@ func (s *Server) agentSubmit(c *echo.Context) error {
 	}
 	camp := agentRun(c)
 	req := c.Request()
-	mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/form-data" {
-		return fieldProblem(http.StatusUnsupportedMediaType, "Content-Type", "must be multipart/form-data with 'files' parts and an optional 'spec' part")
-	}
-	req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxUploadBytes)
-	staging, err := os.MkdirTemp(s.tmpDir(), "attempt-")
-	if err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	defer os.RemoveAll(staging)
-	raw, _, err := s.readSubmission(req, staging, false, true)
+	staging, raw, _, err := s.receiveMultipart(c, "attempt-", "'files' parts and an optional 'spec' part", false, true)
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(staging) // moved away on success
 	// An attempt is a run of the agent run's task: the task's rules apply.
 	var in map[string]any
 	if len(raw) > 0 {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"os"
 	"sort"
@@ -38,20 +37,11 @@ func (s *Server) CreateVerification(c *echo.Context) error {
 		return err
 	}
 	req := c.Request()
-	mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/form-data" {
-		return fieldProblem(http.StatusUnsupportedMediaType, "Content-Type", "must be multipart/form-data with a 'spec' part and, unless the spec names candidate_run, 'files' parts")
-	}
-	req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxUploadBytes)
-	staging, err := os.MkdirTemp(s.tmpDir(), "verification-")
-	if err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	defer os.RemoveAll(staging) // moved away on success
-	raw, files, err := s.readSubmission(req, staging, true, false)
+	staging, raw, files, err := s.receiveMultipart(c, "verification-", "a 'spec' part and, unless the spec names candidate_run, 'files' parts", true, false)
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(staging) // moved away on success
 	var in openapi.VerificationRequest
 	if err := s.decodePart(raw, "VerificationRequest", &in); err != nil {
 		return err

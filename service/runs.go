@@ -43,20 +43,11 @@ func (s *Server) CreateRun(c *echo.Context) error {
 		return problem(http.StatusForbidden, "the admin token belongs to no team: submit runs with a team token")
 	}
 	req := c.Request()
-	mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/form-data" {
-		return fieldProblem(http.StatusUnsupportedMediaType, "Content-Type", "must be multipart/form-data with a 'spec' part and 'files' parts")
-	}
-	req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxUploadBytes)
-	staging, err := os.MkdirTemp(s.tmpDir(), "submission-")
-	if err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	defer os.RemoveAll(staging) // renamed away on success
-	specRaw, files, err := s.readSubmission(req, staging, true, true)
+	staging, specRaw, files, err := s.receiveMultipart(c, "submission-", "a 'spec' part and 'files' parts", true, true)
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(staging) // renamed away on success
 	spec, purpose, err := s.checkSpec(specRaw)
 	if err != nil {
 		return err
@@ -79,6 +70,30 @@ func (s *Server) CreateRun(c *echo.Context) error {
 	s.log.Info("run submitted", "run", id, "team", p.team.Name, "environment", spec.Environment, "files", len(files))
 	c.Response().Header().Set("Location", "/v1/runs/"+id)
 	return c.JSON(http.StatusCreated, toAPI(run))
+}
+
+// receiveMultipart checks that the body is multipart/form-data (holding what
+// contentHint says), bounds it by MaxUploadBytes, and streams it into a fresh
+// staging folder under the data dir: the spec part into memory, each file to its
+// path there (see readSubmission). The caller removes the folder, or moves it
+// away on success; on an error nothing is left.
+func (s *Server) receiveMultipart(c *echo.Context, prefix, contentHint string, specRequired, filesRequired bool) (staging string, spec []byte, files []string, err error) {
+	req := c.Request()
+	mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" {
+		return "", nil, nil, fieldProblem(http.StatusUnsupportedMediaType, "Content-Type", "must be multipart/form-data with "+contentHint)
+	}
+	req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxUploadBytes)
+	staging, err = os.MkdirTemp(s.tmpDir(), prefix)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("staging: %w", err)
+	}
+	spec, files, err = s.readSubmission(req, staging, specRequired, filesRequired)
+	if err != nil {
+		os.RemoveAll(staging)
+		return "", nil, nil, err
+	}
+	return staging, spec, files, nil
 }
 
 func (s *Server) tmpDir() string {

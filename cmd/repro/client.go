@@ -132,17 +132,11 @@ func submit(ctx context.Context, args []string) error {
 	if *task != "" {
 		spec.Task = task
 	}
-	if len(envs) > 0 {
-		m := map[string]string{}
-		for _, kv := range envs {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return usageError{fmt.Sprintf("-e %q: want KEY=VALUE", kv)}
-			}
-			m[k] = v
-		}
-		spec.Env = &m
+	vars, err := envFlags("submit", envs)
+	if err != nil {
+		return err
 	}
+	spec.Env = vars
 	uploads, err := collectFiles(files)
 	if err != nil {
 		return err
@@ -177,6 +171,22 @@ func submit(ctx context.Context, args []string) error {
 }
 
 // splitCommand splits "FILE... -- CMD..." (the flag package drops the first "--").
+// envFlags turns repeated -e KEY=VALUE flags into a spec's env (nil for none).
+func envFlags(cmd string, envs listFlag) (*map[string]string, error) {
+	if len(envs) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range envs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Sprintf("%s: -e %q: want KEY=VALUE", cmd, kv)}
+		}
+		m[k] = v
+	}
+	return &m, nil
+}
+
 func splitCommand(args []string) ([]string, []string) {
 	for i, a := range args {
 		if a == "--" {

@@ -427,16 +427,9 @@ func agentCmd(ctx context.Context, args []string) error {
 	}
 	spec := openapi.AgentRunRequest{Task: *task}
 	spec.Agent.Environment, spec.Agent.Command = *env, command
-	if len(envs) > 0 {
-		m := map[string]string{}
-		for _, kv := range envs {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok || k == "" {
-				return usageError{fmt.Sprintf("agent: -e %q: want KEY=VALUE", kv)}
-			}
-			m[k] = v
-		}
-		spec.Agent.Env = &m
+	var err error
+	if spec.Agent.Env, err = envFlags("agent", envs); err != nil {
+		return err
 	}
 	if *hints != "" {
 		var hs []int
