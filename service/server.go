@@ -133,17 +133,25 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		if !ok || token == "" {
 			return fieldProblem(http.StatusUnauthorized, "Authorization", "a bearer token is required (Authorization: Bearer <token>)")
 		}
-		if s.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) == 1 {
-			c.Set(principalKey, principal{admin: true})
-			return next(c)
-		}
-		team, err := s.store.Authenticate(c.Request().Context(), token)
+		p, err := s.principalOf(c.Request().Context(), token)
 		if err != nil {
 			return err
 		}
-		c.Set(principalKey, principal{team: team})
+		c.Set(principalKey, p)
 		return next(c)
 	}
+}
+
+// principalOf resolves a token: the admin token, or a team's (else ErrUnauthorized).
+func (s *Server) principalOf(ctx context.Context, token string) (principal, error) {
+	if s.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) == 1 {
+		return principal{admin: true}, nil
+	}
+	team, err := s.store.Authenticate(ctx, token)
+	if err != nil {
+		return principal{}, err
+	}
+	return principal{team: team}, nil
 }
 
 func requireAdmin(c *echo.Context) error {
